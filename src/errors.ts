@@ -1,0 +1,48 @@
+/**
+ * baton's error type: a stable `code` for programs and tests, a message for people that says
+ * what was wrong and what to do.
+ */
+export type ErrorCode =
+  | 'CONFIG_INVALID'
+  | 'CONFIG_UNREADABLE'
+  | 'LISTENER_IN_USE'
+  | 'LISTENER_BIND_FAILED'
+  | 'LISTENER_ACTIVATION_MISMATCH'
+  | 'LISTEN_UNSUPPORTED'
+  | 'COMMAND_NOT_FOUND'
+  | 'RELEASE_DIR_MISSING'
+  | 'GENERATION_EXITED'
+  | 'READINESS_TIMEOUT'
+  | 'HOOK_FAILED'
+  | 'HOOK_TIMEOUT'
+  | 'DEPLOY_BUSY'
+  | 'APP_UNKNOWN'
+  | 'NO_RELEASE'
+  | 'AGENT_RUNNING'
+  | 'AGENT_NOT_RUNNING'
+  | 'CONTROL_FAILED'
+  | 'STATE_INVALID'
+  | 'USAGE';
+
+export class BatonError extends Error {
+  readonly code: ErrorCode;
+  /** Last lines a failed process printed, when there is one. */
+  readonly lines: readonly string[];
+
+  constructor(code: ErrorCode, message: string, lines: readonly string[] = []) {
+    super(message);
+    this.name = 'BatonError';
+    this.code = code;
+    this.lines = lines;
+  }
+}
+
+export function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}
+
+export function errorCode(err: unknown): string | undefined {
+  if (err instanceof BatonError) return err.code;
+  if (err instanceof Error && 'code' in err && typeof err.code === 'string') return err.code;
+  return undefined;
+}

@@ -1,0 +1,221 @@
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { BatonError, errorCode } from '../errors.js';
+import type { Reporter, SupervisorEvent } from '../protocol/events.js';
+import { AppSupervisor, type AppStatus, type DeployResult } from './app-supervisor.js';
+import type { AgentConfig, AppConfig } from './config.js';
+import type { Release } from './generation.js';
+import { adoptListener, closeAll, inheritedFds, openListener, type Listener } from './listeners.js';
+import { isAlive } from './process-util.js';
+import { StateFile } from './state.js';
+
+export interface AgentPaths {
+  pidFile: string;
+  stateFile: string;
+  socket: string;
+  logDir: string;
+  agentLog: string;
+}
+
+export function agentPaths(stateDir: string): AgentPaths {
+  return {
+    pidFile: path.join(stateDir, 'agent.pid'),
+    stateFile: path.join(stateDir, 'state.json'),
+    socket: path.join(stateDir, 'agent.sock'),
+    logDir: path.join(stateDir, 'logs'),
+    agentLog: path.join(stateDir, 'agent.log'),
+  };
+}
+
+export interface AgentStatus {
+  pid: number;
+  startedAt: string;
+  configFile: string;
+  apps: AppStatus[];
+}
+
+/** The name a listener is passed under between agents (and expected from a systemd socket unit). */
+function fdName(app: AppConfig, listener: string): string {
+  return `${app.name}/${listener}`;
+}
+
+/**
+ * The agent: one AppSupervisor per configured app, the listeners they own, and the state that
+ * lets a restarted or upgraded agent find its generations again.
+ */
+export class Agent {
+  readonly paths: AgentPaths;
+  private readonly apps = new Map<string, AppSupervisor>();
+  private readonly subscribers = new Set<Reporter>();
+  private readonly state: StateFile;
+  private readonly startedAt = new Date().toISOString();
+
+  constructor(
+    readonly config: AgentConfig,
+    readonly configFile: string,
+    private readonly log: Reporter,
+    private readonly env: NodeJS.ProcessEnv = process.env,
+  ) {
+    this.paths = agentPaths(config.stateDir);
+    this.state = new StateFile(this.paths.stateFile);
+  }
+
+  /** Every event goes to the agent's log and to whoever listens (a control client during a deploy). */
+  readonly reporter: Reporter = (event: SupervisorEvent) => {
+    this.log(event);
+    for (const fn of this.subscribers) fn(event);
+  };
+
+  subscribe(fn: Reporter): () => void {
+    this.subscribers.add(fn);
+    return () => this.subscribers.delete(fn);
+  }
+
+  /** Opens (or takes over) every listener, then adopts running generations or starts new ones. */
+  async start(): Promise<void> {
+    await mkdir(this.config.stateDir, { recursive: true, mode: 0o700 });
+    await mkdir(this.paths.logDir, { recursive: true, mode: 0o700 });
+    const saved = await this.state.load();
+    const inherited = inheritedFds(this.env);
+    const opened: Listener[] = [];
+    try {
+      for (const app of this.config.apps) {
+        const record = saved.apps[app.name]?.generation;
+        const orphan = record !== undefined && isAlive(record.pid);
+        const listeners = await this.openListeners(app, inherited, orphan);
+        if (listeners) opened.push(...listeners);
+        this.apps.set(app.name, new AppSupervisor(app, listeners, this.state, this.paths.logDir, this.reporter));
+      }
+    } catch (err) {
+      closeAll(opened);
+      throw err;
+    }
+    for (const sup of this.apps.values()) {
+      if (!(await sup.adopt())) await sup.start();
+    }
+  }
+
+  private async openListeners(
+    app: AppConfig,
+    inherited: Map<string, number>,
+    orphan: boolean,
+  ): Promise<Listener[] | undefined> {
+    const listeners: Listener[] = [];
+    try {
+      for (const cfg of app.listeners) {
+        const fd = inherited.get(fdName(app, cfg.name)) ?? inherited.get(cfg.name);
+        listeners.push(fd !== undefined ? adoptListener(cfg, fd) : await openListener(cfg));
+      }
+      return listeners;
+    } catch (err) {
+      closeAll(listeners);
+      // A generation left by a dead agent still holds the socket: adopt it, and say what it costs.
+      if (orphan && errorCode(err) === 'LISTENER_IN_USE') return undefined;
+      throw err;
+    }
+  }
+
+  private supervisor(name: string): AppSupervisor {
+    const sup = this.apps.get(name);
+    if (!sup)
+      throw new BatonError(
+        'APP_UNKNOWN',
+        `no app "${name}" in this agent's config; known apps: ${[...this.apps.keys()].join(', ')}`,
+      );
+    return sup;
+  }
+
+  status(): AgentStatus {
+    return {
+      pid: process.pid,
+      startedAt: this.startedAt,
+      configFile: this.configFile,
+      apps: [...this.apps.values()].map((s) => s.status()),
+    };
+  }
+
+  deploy(app: string, release: Release): Promise<DeployResult> {
+    return this.supervisor(app).deploy(release);
+  }
+
+  async reload(app?: string): Promise<DeployResult[]> {
+    const targets = app !== undefined ? [this.supervisor(app)] : [...this.apps.values()];
+    const results: DeployResult[] = [];
+    for (const sup of targets) results.push(await sup.reload());
+    return results;
+  }
+
+  /** Drains every app and closes the listeners. */
+  async stop(): Promise<void> {
+    await Promise.all([...this.apps.values()].map((s) => s.stop()));
+  }
+
+  /**
+   * Replaces this agent by a new agent process (e.g. a newer baton) while the apps keep serving:
+   * the successor inherits every listener the systemd way, adopts the generations from the state
+   * file and says READY on a pipe. Resolves with its pid once it has; then this agent lets go.
+   * If the successor fails, this agent carries on as before.
+   */
+  async spawnSuccessor(argv: string[]): Promise<{ pid: number; done: () => Promise<void> }> {
+    const sups = [...this.apps.values()];
+    const names: string[] = [];
+    const fds: number[] = [];
+    for (const sup of sups) {
+      for (const l of sup.listenerFds) {
+        names.push(fdName(sup.app, l.name));
+        fds.push(l.fd);
+      }
+    }
+    for (const sup of sups) sup.detach();
+    const notifyFd = 3 + fds.length;
+    const out = openSync(this.paths.agentLog, 'a', 0o600);
+    const env: NodeJS.ProcessEnv = {
+      ...process.env,
+      LISTEN_FDS: String(fds.length),
+      LISTEN_FDNAMES: names.join(':'),
+      BATON_NOTIFY_FD: String(notifyFd),
+      BATON_PREDECESSOR_PID: String(process.pid),
+    };
+    if (fds.length === 0) delete env.LISTEN_FDS;
+    const child = spawn('/bin/sh', ['-c', 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', 'baton-agent', ...argv], {
+      env,
+      detached: true,
+      stdio: ['ignore', out, out, ...fds, 'pipe'],
+    });
+    closeSync(out);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        let text = '';
+        const pipe = child.stdio[notifyFd] as NodeJS.ReadableStream;
+        pipe.setEncoding('utf8');
+        pipe.on('data', (d: string) => {
+          text += d;
+          if (text.includes('READY=1')) resolve();
+        });
+        pipe.on('error', () => undefined);
+        child.once('error', reject);
+        child.once('exit', (code, signal) =>
+          reject(
+            new BatonError(
+              'CONTROL_FAILED',
+              `the new agent exited before it was ready (${signal ?? `code ${code}`}); see ${this.paths.agentLog}. This agent carries on.`,
+            ),
+          ),
+        );
+      });
+    } catch (err) {
+      for (const sup of sups) sup.resume();
+      throw err;
+    }
+    child.unref();
+    (child.stdio[notifyFd] as NodeJS.ReadableStream & { destroy(): void }).destroy();
+    return {
+      pid: child.pid!,
+      done: async () => {
+        for (const sup of sups) await sup.handOff();
+      },
+    };
+  }
+}

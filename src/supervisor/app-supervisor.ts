@@ -1,0 +1,364 @@
+import { BatonError, errorMessage } from '../errors.js';
+import { report, type Reporter } from '../protocol/events.js';
+import type { AppConfig } from './config.js';
+import { checkReleaseDir, Generation, type Release } from './generation.js';
+import { runHook, type HookName } from './hooks.js';
+import { closeAll, describeListener, openListener, type Listener } from './listeners.js';
+import { delay } from './process-util.js';
+import type { StateFile } from './state.js';
+
+export interface AppStatus {
+  name: string;
+  state: 'running' | 'starting' | 'deploying' | 'restarting' | 'stopped' | 'failed';
+  release: Release | undefined;
+  previous: Release | undefined;
+  generation: { number: number; pid: number; releaseId: string; startedAt: string } | undefined;
+  listeners: { name: string; address: string; fd: number | undefined; origin: string | undefined }[];
+  /** Set when the agent does not hold the listeners (re-adopted after a crash without socket activation). */
+  warning: string | undefined;
+  deploy: string | undefined;
+  restarts: number;
+  lastError: string | undefined;
+}
+
+export interface DeployResult {
+  app: string;
+  releaseId: string;
+  generation: number;
+  previousReleaseId: string | undefined;
+  drained: 'exited' | 'killed' | 'none';
+  cold: boolean;
+  durationMs: number;
+}
+
+/**
+ * Runs one app: owns its listeners, starts generations, hands over from one to the next, and
+ * restarts a crashed one. One deploy at a time; every step is reported.
+ */
+export class AppSupervisor {
+  private current: Generation | undefined;
+  private deploying: string | undefined;
+  private restartPending = false;
+  private restarts = 0;
+  private backoffMs: number;
+  private lastError: string | undefined;
+  private stopped = false;
+  private supervising = true;
+
+  constructor(
+    readonly app: AppConfig,
+    /** Undefined when another process (an orphaned generation) holds them: deploys are then cold. */
+    private listeners: Listener[] | undefined,
+    private readonly state: StateFile,
+    private readonly logDir: string,
+    private readonly reporter: Reporter,
+  ) {
+    this.backoffMs = app.restart.initialBackoffMs;
+  }
+
+  private get appState() {
+    return this.state.app(this.app.name);
+  }
+
+  get listenerFds(): readonly Listener[] {
+    return this.listeners ?? [];
+  }
+
+  status(): AppStatus {
+    const st = this.appState;
+    const gen = this.current;
+    return {
+      name: this.app.name,
+      state: this.stopped
+        ? 'stopped'
+        : this.deploying
+          ? 'deploying'
+          : gen && !gen.hasExited
+            ? 'running'
+            : this.restartPending
+              ? 'restarting'
+              : this.lastError
+                ? 'failed'
+                : 'starting',
+      release: st.current,
+      previous: st.previous,
+      generation: gen
+        ? { number: gen.number, pid: gen.pid, releaseId: gen.releaseId, startedAt: gen.record.startedAt }
+        : undefined,
+      listeners: this.app.listeners.map((cfg) => {
+        const held = this.listeners?.find((l) => l.name === cfg.name);
+        return { name: cfg.name, address: held?.address ?? describeListener(cfg), fd: held?.fd, origin: held?.origin };
+      }),
+      warning: this.listeners
+        ? undefined
+        : `the agent does not hold ${this.app.name}'s listeners: generation ${gen?.number ?? '?'} (pid ${gen?.pid ?? '?'}) ` +
+          `kept them when the previous agent died. The next deploy will be a cold switch (old stopped before the new one ` +
+          `starts: connections are refused for about the new version's start-up time). Run the agent under systemd socket ` +
+          `activation, and use "baton agent upgrade" to replace it, to avoid this.`,
+      deploy: this.deploying,
+      restarts: this.restarts,
+      lastError: this.lastError,
+    };
+  }
+
+  /** Takes back a running generation from the state file; false when there is none alive. */
+  async adopt(): Promise<boolean> {
+    const record = this.appState.generation;
+    if (!record) return false;
+    const gen = await Generation.adopt(this.app, record, this.reporter);
+    if (!gen) return false;
+    this.current = gen;
+    this.watch(gen);
+    report(this.reporter, {
+      type: 'phase',
+      app: this.app.name,
+      phase: 'adopted',
+      generation: gen.number,
+      releaseId: gen.releaseId,
+      pid: gen.pid,
+      detail: this.listeners ? undefined : 'listeners not held by the agent; next deploy is cold',
+    });
+    return true;
+  }
+
+  /** Starts the first generation from the state's current release or the configured one. */
+  async start(): Promise<void> {
+    const release = this.appState.current ?? this.configuredRelease();
+    if (!release)
+      throw new BatonError(
+        'NO_RELEASE',
+        `app ${this.app.name} has no release yet: set "release" in its config or deploy one`,
+      );
+    await checkReleaseDir(release.dir);
+    await this.hook('start', release.dir, release.id);
+    this.deploying = 'initial start';
+    try {
+      const gen = await this.launch(release);
+      await this.promote(gen, release, false);
+    } finally {
+      this.deploying = undefined;
+    }
+  }
+
+  private configuredRelease(): Release | undefined {
+    if (this.app.release === undefined) return undefined;
+    return { id: this.app.releaseId ?? this.app.release.split('/').filter(Boolean).pop()!, dir: this.app.release };
+  }
+
+  /** Hands over to a new generation of `release`; the old one serves until the new one is ready. */
+  async deploy(release: Release, deployId = `deploy ${release.id}`): Promise<DeployResult> {
+    if (this.deploying)
+      throw new BatonError('DEPLOY_BUSY', `busy: ${this.deploying} of ${this.app.name} in progress; try again when it ends`);
+    if (this.stopped) throw new BatonError('APP_UNKNOWN', `app ${this.app.name} is stopped`);
+    this.deploying = deployId;
+    const started = Date.now();
+    try {
+      await checkReleaseDir(release.dir);
+      const old = this.current && !this.current.hasExited ? this.current : undefined;
+      const previous = this.appState.current;
+      await this.hook('beforeRestart', release.dir, release.id);
+      const cold = this.listeners === undefined;
+      let drained: DeployResult['drained'] = 'none';
+      if (cold && old) drained = await this.drain(old);
+      if (cold) this.listeners = await Promise.all(this.app.listeners.map((l) => openListener(l)));
+      let gen: Generation;
+      try {
+        gen = await this.launch(release);
+      } catch (err) {
+        if (cold && previous) this.scheduleRestart();
+        throw err;
+      }
+      await this.promote(gen, release, true);
+      if (old && !cold) drained = await this.drain(old);
+      await this.hook('afterRestart', release.dir, release.id).catch((err: unknown) => {
+        this.lastError = errorMessage(err);
+      });
+      const durationMs = Date.now() - started;
+      report(this.reporter, { type: 'phase', app: this.app.name, phase: 'done', generation: gen.number, releaseId: release.id, durationMs });
+      return {
+        app: this.app.name,
+        releaseId: release.id,
+        generation: gen.number,
+        previousReleaseId: previous?.id,
+        drained,
+        cold,
+        durationMs,
+      };
+    } catch (err) {
+      this.lastError = errorMessage(err);
+      report(this.reporter, {
+        type: 'phase',
+        app: this.app.name,
+        phase: 'failed',
+        releaseId: release.id,
+        detail: errorMessage(err),
+        code: err instanceof BatonError ? err.code : undefined,
+      });
+      throw err;
+    } finally {
+      this.deploying = undefined;
+      if (this.restartPending && !this.stopped) void this.restartLoop();
+    }
+  }
+
+  /** Hot restart of the current release through the same handover. */
+  async reload(): Promise<DeployResult> {
+    const release = this.appState.current ?? this.configuredRelease();
+    if (!release) throw new BatonError('NO_RELEASE', `app ${this.app.name} has no release to reload`);
+    return this.deploy(release, `reload of ${release.id}`);
+  }
+
+  /** Drains the serving generation, runs the stop hook and closes the listeners. */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    const gen = this.current;
+    if (gen) await this.drain(gen);
+    const release = this.appState.current;
+    await this.hook('stop', release?.dir ?? process.cwd(), release?.id).catch(() => undefined);
+    await this.state.update((s) => {
+      delete s.apps[this.app.name]?.generation;
+    });
+    closeAll(this.listeners ?? []);
+    report(this.reporter, { type: 'phase', app: this.app.name, phase: 'stopped' });
+  }
+
+  /** Stops reacting to generation exits, leaving them running (for an agent upgrade). */
+  detach(): void {
+    this.supervising = false;
+  }
+
+  /** Leaves the app to a successor agent: its generation runs on, this process lets go of it. */
+  async handOff(): Promise<void> {
+    this.supervising = false;
+    await this.current?.release();
+    closeAll(this.listeners ?? [], true);
+  }
+
+  resume(): void {
+    this.supervising = true;
+    if (this.current?.hasExited) this.scheduleRestart();
+  }
+
+  private async hook(name: HookName, cwd: string, releaseId: string | undefined): Promise<void> {
+    await runHook(name, this.app.hooks[name], {
+      app: this.app,
+      cwd,
+      releaseId,
+      previousReleaseId: this.appState.current?.id,
+      reporter: this.reporter,
+    });
+  }
+
+  /** Starts a generation and waits for it to be ready; on failure it is killed and the error carries its last lines. */
+  private async launch(release: Release): Promise<Generation> {
+    const number = this.appState.nextGeneration;
+    await this.state.update(() => {
+      this.appState.nextGeneration = number + 1;
+    });
+    const gen = await Generation.start({
+      app: this.app,
+      number,
+      release,
+      listeners: this.listeners ?? [],
+      logDir: this.logDir,
+      previousReleaseId: this.appState.current?.id,
+      reporter: this.reporter,
+    });
+    try {
+      await gen.waitReady();
+    } catch (err) {
+      await gen.stop('abort');
+      throw err;
+    }
+    report(this.reporter, { type: 'phase', app: this.app.name, phase: 'ready', generation: number, releaseId: release.id, pid: gen.pid });
+    return gen;
+  }
+
+  /** Makes a ready generation the serving one and records it. */
+  private async promote(gen: Generation, release: Release, moveCurrent: boolean): Promise<void> {
+    const before = this.appState.current;
+    this.current = gen;
+    this.lastError = undefined;
+    await this.state.update(() => {
+      const st = this.appState;
+      if (moveCurrent && before && before.id !== release.id) st.previous = before;
+      st.current = release;
+      st.generation = gen.record;
+    });
+    report(this.reporter, { type: 'phase', app: this.app.name, phase: 'switched', generation: gen.number, releaseId: release.id, pid: gen.pid });
+    this.watch(gen);
+  }
+
+  private async drain(gen: Generation): Promise<'exited' | 'killed'> {
+    const started = Date.now();
+    report(this.reporter, { type: 'phase', app: this.app.name, phase: 'draining', generation: gen.number, pid: gen.pid });
+    const outcome = await gen.stop('drain');
+    report(this.reporter, {
+      type: 'phase',
+      app: this.app.name,
+      phase: 'drained',
+      generation: gen.number,
+      durationMs: Date.now() - started,
+      detail: outcome === 'killed' ? `did not exit within ${this.app.drain.timeoutMs} ms: killed` : gen.exitDescription(),
+    });
+    return outcome;
+  }
+
+  private watch(gen: Generation): void {
+    void gen.exited.then(() => {
+      if (gen !== this.current || gen.isStopping || this.stopped || !this.supervising) return;
+      report(this.reporter, {
+        type: 'phase',
+        app: this.app.name,
+        phase: 'crashed',
+        generation: gen.number,
+        pid: gen.pid,
+        detail: gen.exitDescription(),
+      });
+      const servedMs = Date.now() - Date.parse(gen.record.startedAt);
+      if (servedMs >= this.app.restart.resetAfterMs) this.backoffMs = this.app.restart.initialBackoffMs;
+      this.scheduleRestart();
+    });
+  }
+
+  private scheduleRestart(): void {
+    this.restartPending = true;
+    if (!this.deploying) void this.restartLoop();
+  }
+
+  /** Restarts the current release with growing backoff until a generation is ready; listeners stay open meanwhile. */
+  private async restartLoop(): Promise<void> {
+    if (this.deploying) return;
+    this.deploying = 'crash restart';
+    try {
+      while (this.restartPending && !this.stopped && this.supervising) {
+        const release = this.appState.current ?? this.configuredRelease();
+        if (!release) return;
+        const wait = this.backoffMs;
+        this.backoffMs = Math.min(Math.max(wait * 2, 1), this.app.restart.maxBackoffMs);
+        report(this.reporter, { type: 'phase', app: this.app.name, phase: 'restarting', releaseId: release.id, detail: `in ${wait} ms` });
+        await delay(wait);
+        if (this.stopped || !this.supervising) return;
+        try {
+          if (!this.listeners) this.listeners = await Promise.all(this.app.listeners.map((l) => openListener(l)));
+          const gen = await this.launch(release);
+          this.restarts++;
+          this.restartPending = false;
+          await this.promote(gen, release, false);
+        } catch (err) {
+          this.lastError = errorMessage(err);
+          report(this.reporter, {
+            type: 'phase',
+            app: this.app.name,
+            phase: 'failed',
+            releaseId: release.id,
+            detail: errorMessage(err),
+            code: err instanceof BatonError ? err.code : undefined,
+          });
+        }
+      }
+    } finally {
+      this.deploying = undefined;
+    }
+  }
+}

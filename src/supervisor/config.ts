@@ -1,0 +1,212 @@
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
+import { z } from 'zod';
+import { BatonError, errorMessage } from '../errors.js';
+
+const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
+
+/** `host:port`, `[v6]:port` or a bare port; the host defaults to 127.0.0.1 so nothing listens beyond loopback by accident. */
+const TcpAddressSchema = z.string().transform((value, ctx) => {
+  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+))?:?(\d{1,5})$/.exec(value);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || port > 65535) {
+    ctx.addIssue({
+      code: 'custom',
+      message: `"${value}" is not a TCP address: use host:port, [ipv6]:port or a port number`,
+    });
+    return z.NEVER;
+  }
+  const host = match[1] ?? match[2] ?? '127.0.0.1';
+  return { host, port, family: match[1] !== undefined ? (6 as const) : (4 as const) };
+});
+
+export const ListenerSchema = z
+  .object({
+    /** Name the app finds the socket by (`LISTEN_FDNAMES`). */
+    name: z.string().regex(NAME, 'use letters, digits, _ . - (at most 64)'),
+    /** TCP address to bind, e.g. `127.0.0.1:8080` or `[::1]:8080`. */
+    tcp: TcpAddressSchema.optional(),
+    /** Path of a Unix stream socket to bind. */
+    unix: z.string().min(1).optional(),
+    /** Listen backlog: connections that queue in the kernel while no generation accepts. */
+    backlog: z.number().int().min(1).max(65535).default(511),
+  })
+  .strict()
+  .refine((l) => (l.tcp === undefined) !== (l.unix === undefined), {
+    message: 'a listener takes exactly one of "tcp" or "unix"',
+  });
+export type ListenerConfig = z.infer<typeof ListenerSchema>;
+
+const HookSchema = z.union([
+  z.string().min(1).transform((run) => ({ run, timeoutMs: 60_000 })),
+  z
+    .object({
+      /** Shell command, run with /bin/sh -c in the release directory. */
+      run: z.string().min(1),
+      /** Killed, and counted as failed, after this long. */
+      timeoutMs: z.number().int().positive().default(60_000),
+    })
+    .strict(),
+]);
+export type HookConfig = z.infer<typeof HookSchema>;
+
+export const ReadinessSchema = z.discriminatedUnion('type', [
+  z
+    .object({
+      /** The app writes `READY=1\n` to the fd named in `BATON_NOTIFY_FD`. */
+      type: z.literal('notify'),
+      timeoutMs: z.number().int().positive().default(30_000),
+    })
+    .strict(),
+  z
+    .object({
+      /** The agent GETs this path on `127.0.0.1:$BATON_HEALTH_PORT`, a port private to the generation. */
+      type: z.literal('http'),
+      path: z.string().startsWith('/').default('/healthz'),
+      intervalMs: z.number().int().positive().default(100),
+      timeoutMs: z.number().int().positive().default(30_000),
+    })
+    .strict(),
+  z
+    .object({
+      /** Ready after a fixed delay, if the process is still alive. The weakest check. */
+      type: z.literal('delay'),
+      ms: z.number().int().nonnegative().default(1000),
+    })
+    .strict(),
+]);
+export type ReadinessConfig = z.infer<typeof ReadinessSchema>;
+
+const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGWINCH'] as const;
+
+export const AppSchema = z
+  .object({
+    /** The app's name: state, logs and commands refer to it. */
+    name: z.string().regex(NAME, 'use letters, digits, _ . - (at most 64)'),
+    /** Program and arguments, run without a shell in the release directory. */
+    command: z.array(z.string().min(1)).min(1),
+    /** Release directory to start from when the agent has no current release for the app yet. */
+    release: z.string().min(1).optional(),
+    /** Id of that release; defaults to the directory's name. */
+    releaseId: z.string().regex(NAME).optional(),
+    listeners: z.array(ListenerSchema).min(1),
+    readiness: ReadinessSchema.default({ type: 'notify', timeoutMs: 30_000 }),
+    drain: z
+      .object({
+        /** Signal that asks a generation to drain and exit. */
+        signal: z.enum(SIGNALS).default('SIGTERM'),
+        /** SIGKILL after this long. */
+        timeoutMs: z.number().int().positive().default(30_000),
+      })
+      .strict()
+      .default({ signal: 'SIGTERM', timeoutMs: 30_000 }),
+    restart: z
+      .object({
+        /** First delay before restarting a crashed generation; doubles each time up to `maxBackoffMs`. */
+        initialBackoffMs: z.number().int().nonnegative().default(100),
+        maxBackoffMs: z.number().int().positive().default(30_000),
+        /** A generation that served this long resets the backoff. */
+        resetAfterMs: z.number().int().positive().default(30_000),
+      })
+      .strict()
+      .default({ initialBackoffMs: 100, maxBackoffMs: 30_000, resetAfterMs: 30_000 }),
+    hooks: z
+      .object({
+        /** Before the app's first generation starts. */
+        start: HookSchema.optional(),
+        /** After the app's last generation stopped (agent stop). */
+        stop: HookSchema.optional(),
+        /** Before a new generation starts; failing aborts the restart, the old one keeps serving. */
+        beforeRestart: HookSchema.optional(),
+        /** After the old generation has drained. Failing is reported, nothing is undone. */
+        afterRestart: HookSchema.optional(),
+      })
+      .strict()
+      .default({}),
+    /** Extra environment for the app and its hooks. */
+    env: z.record(z.string(), z.string()).default({}),
+    /** Log lines kept per generation and per hook run. */
+    logLines: z.number().int().positive().max(100_000).default(200),
+    /** A generation's log file is cut back once it grows past this. */
+    maxLogBytes: z
+      .number()
+      .int()
+      .positive()
+      .default(10 * 1024 * 1024),
+  })
+  .strict();
+export type AppConfig = z.infer<typeof AppSchema>;
+
+export const AgentConfigSchema = z
+  .object({
+    /** Where the agent keeps its PID file, state, control socket and logs. */
+    stateDir: z.string().min(1),
+    apps: z.array(AppSchema).min(1),
+  })
+  .strict()
+  .superRefine((cfg, ctx) => {
+    const seen = new Set<string>();
+    for (const [i, app] of cfg.apps.entries()) {
+      if (seen.has(app.name))
+        ctx.addIssue({ code: 'custom', path: ['apps', i, 'name'], message: `duplicate app "${app.name}"` });
+      seen.add(app.name);
+      const names = new Set<string>();
+      for (const [j, l] of app.listeners.entries()) {
+        if (names.has(l.name))
+          ctx.addIssue({
+            code: 'custom',
+            path: ['apps', i, 'listeners', j, 'name'],
+            message: `duplicate listener "${l.name}"`,
+          });
+        names.add(l.name);
+      }
+    }
+  });
+export type AgentConfig = z.infer<typeof AgentConfigSchema>;
+
+/** One line per problem, each naming the field: `apps.0.listeners.1.tcp: …`. */
+export function formatIssues(error: z.ZodError): string {
+  return error.issues
+    .map((issue) => {
+      const where = issue.path.length ? issue.path.join('.') : '(top level)';
+      if (issue.code === 'unrecognized_keys')
+        return `${where}: unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+      return `${where}: ${issue.message}`;
+    })
+    .join('; ');
+}
+
+export function parseAgentConfig(raw: unknown, source: string): AgentConfig {
+  const parsed = AgentConfigSchema.safeParse(raw);
+  if (!parsed.success)
+    throw new BatonError('CONFIG_INVALID', `${source}: ${formatIssues(parsed.error)}`);
+  const cfg = parsed.data;
+  // Paths in the config are relative to the config file, as a user reading it would expect.
+  const base = path.dirname(path.resolve(source));
+  cfg.stateDir = path.resolve(base, cfg.stateDir);
+  for (const app of cfg.apps) {
+    if (app.release !== undefined) app.release = path.resolve(base, app.release);
+    for (const l of app.listeners) if (l.unix !== undefined) l.unix = path.resolve(base, l.unix);
+  }
+  return cfg;
+}
+
+export async function loadAgentConfig(file: string): Promise<AgentConfig> {
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch (err) {
+    throw new BatonError(
+      'CONFIG_UNREADABLE',
+      `cannot read config ${file}: ${errorMessage(err)}; pass --config with the path of the agent's YAML or JSON config`,
+    );
+  }
+  let raw: unknown;
+  try {
+    raw = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
+  } catch (err) {
+    throw new BatonError('CONFIG_INVALID', `${file}: not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${errorMessage(err)}`);
+  }
+  return parseAgentConfig(raw, file);
+}

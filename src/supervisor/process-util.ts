@@ -1,0 +1,73 @@
+import { constants } from 'node:fs';
+import { access, readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { BatonError } from '../errors.js';
+
+export function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
+/** Signals a whole process group; a group already gone is not an error. */
+export function signalGroup(pgid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pgid, signal);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
+  }
+}
+
+/**
+ * The kernel's start time of a process (clock ticks since boot), to tell a pid we recorded from
+ * an unrelated process that reused it. Undefined where /proc is not there.
+ */
+export async function processStartTime(pid: number): Promise<number | undefined> {
+  try {
+    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
+    // Field 2 (comm) may hold spaces and parentheses: count from the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const value = Number(fields[19]);
+    return Number.isFinite(value) ? value : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** Resolves a command the way execvp would, relative to `cwd` when it has a slash. */
+export async function resolveCommand(command: string, cwd: string, envPath: string | undefined): Promise<string> {
+  const candidates = command.includes('/')
+    ? [path.resolve(cwd, command)]
+    : (envPath ?? '/usr/local/bin:/usr/bin:/bin').split(':').filter(Boolean).map((dir) => path.join(dir, command));
+  for (const file of candidates) {
+    try {
+      await access(file, constants.X_OK);
+      return file;
+    } catch {
+      // try the next one
+    }
+  }
+  throw new BatonError(
+    'COMMAND_NOT_FOUND',
+    command.includes('/')
+      ? `command "${command}" not found or not executable in ${cwd}; check the app's "command" and that the release contains it`
+      : `command "${command}" not found on PATH; install it on the host or give its full path in the app's "command"`,
+  );
+}
+
+export function delay(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+// Environment that belongs to the agent's own activation, never to be passed on to apps or hooks.
+const AGENT_ONLY_ENV = ['LISTEN_FDS', 'LISTEN_FDNAMES', 'LISTEN_PID', 'NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'BATON_NOTIFY_FD', 'BATON_PREDECESSOR_PID'];
+
+/** The agent's environment as apps and hooks start from it. */
+export function childBaseEnv(): NodeJS.ProcessEnv {
+  const env = { ...process.env };
+  for (const key of AGENT_ONLY_ENV) delete env[key];
+  return env;
+}

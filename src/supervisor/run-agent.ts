@@ -1,0 +1,91 @@
+import { mkdir } from 'node:fs/promises';
+import { errorMessage } from '../errors.js';
+import type { SupervisorEvent } from '../protocol/events.js';
+import { notifyReady } from '../protocol/systemd.js';
+import { Agent, agentPaths } from './agent.js';
+import { loadAgentConfig } from './config.js';
+import { ControlServer } from './control-server.js';
+import { claimPidFile, releasePidFile } from './pid-file.js';
+
+/** The agent's own log: one JSON object per line on stdout (a file when daemonized). */
+export function jsonLine(record: SupervisorEvent | Record<string, unknown>): void {
+  process.stdout.write(JSON.stringify('at' in record ? record : { at: new Date().toISOString(), ...record }) + '\n');
+}
+
+/**
+ * `baton agent run`: loads the config, claims the PID file, starts (or adopts) every app, serves
+ * the control socket, and maps signals: SIGTERM/SIGINT drain the apps and exit, SIGHUP reloads
+ * them, SIGUSR2 upgrades the agent in place. Resolves when the agent has finished.
+ */
+export async function runAgent(configFile: string, successorArgv: string[], env: NodeJS.ProcessEnv = process.env): Promise<void> {
+  const config = await loadAgentConfig(configFile);
+  const paths = agentPaths(config.stateDir);
+  await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  const predecessor = Number(env.BATON_PREDECESSOR_PID) || undefined;
+  await claimPidFile(paths.pidFile, predecessor);
+  const agent = new Agent(config, configFile, jsonLine, env);
+  try {
+    await agent.start();
+  } catch (err) {
+    await agent.stop().catch(() => undefined);
+    await releasePidFile(paths.pidFile);
+    throw err;
+  }
+
+  let finish: (how: 'stopped' | 'handed-off') => void = () => undefined;
+  const finished = new Promise<'stopped' | 'handed-off'>((resolve) => (finish = resolve));
+  let upgrading = false;
+  const control = new ControlServer(agent, {
+    upgrade: async () => {
+      if (upgrading) throw new Error('an upgrade is already in progress');
+      upgrading = true;
+      await control.stopListening();
+      try {
+        const successor = await agent.spawnSuccessor(successorArgv);
+        jsonLine({ type: 'agent', msg: `handed over to new agent pid ${successor.pid}` });
+        setImmediate(() => void successor.done().then(() => finish('handed-off')));
+        return { pid: successor.pid };
+      } catch (err) {
+        upgrading = false;
+        await control.listen(paths.socket);
+        throw err;
+      }
+    },
+  });
+  await control.listen(paths.socket);
+
+  let stopping = false;
+  const onStop = (signal: NodeJS.Signals) => {
+    if (stopping || upgrading) return;
+    stopping = true;
+    jsonLine({ type: 'agent', msg: `${signal}: draining apps and stopping` });
+    agent
+      .stop()
+      .catch((err: unknown) => jsonLine({ type: 'agent', level: 'error', msg: errorMessage(err) }))
+      .finally(() => finish('stopped'));
+  };
+  const onReload = () => {
+    jsonLine({ type: 'agent', msg: 'SIGHUP: reloading apps' });
+    agent.reload().catch((err: unknown) => jsonLine({ type: 'agent', level: 'error', msg: errorMessage(err) }));
+  };
+  const onUpgrade = () => {
+    jsonLine({ type: 'agent', msg: 'SIGUSR2: upgrading agent' });
+    // The same path as the control request, so there is one way to upgrade.
+    void control.dispatchLocal({ id: 'signal', method: 'upgrade' });
+  };
+  process.on('SIGTERM', onStop);
+  process.on('SIGINT', onStop);
+  process.on('SIGHUP', onReload);
+  process.on('SIGUSR2', onUpgrade);
+  jsonLine({ type: 'agent', msg: 'ready', pid: process.pid, apps: agent.status().apps.map((a) => a.name) });
+  notifyReady(env);
+
+  const how = await finished;
+  process.off('SIGTERM', onStop);
+  process.off('SIGINT', onStop);
+  process.off('SIGHUP', onReload);
+  process.off('SIGUSR2', onUpgrade);
+  await control.close();
+  if (how === 'stopped') await releasePidFile(paths.pidFile);
+  jsonLine({ type: 'agent', msg: how === 'stopped' ? 'stopped' : 'exited after upgrade; apps kept running' });
+}

@@ -1,0 +1,225 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { controlRequest } from '../../src/cli/control-client.js';
+import type { SupervisorEvent } from '../../src/protocol/events.js';
+
+/** The repository root, from build/test/support/. */
+export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+export const CLI = path.join(ROOT, 'build/src/cli/main.js');
+export const FIXTURES = path.join(ROOT, 'test/fixtures');
+
+/** A generous deadline that only fails a hung test; never a timing assertion. */
+export const HUNG_MS = 30_000;
+
+export async function tempDir(prefix = 'baton-test-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
+  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
+
+/** Makes release directories (empty: the fixture command is an absolute path). */
+export async function releases(dir: string, ...ids: string[]): Promise<string[]> {
+  return Promise.all(
+    ids.map(async (id) => {
+      const r = path.join(dir, 'releases', id);
+      await mkdir(r, { recursive: true });
+      return r;
+    }),
+  );
+}
+
+export async function writeConfig(dir: string, config: unknown): Promise<string> {
+  const file = path.join(dir, 'agent.json');
+  await writeFile(file, JSON.stringify(config, null, 2));
+  return file;
+}
+
+/** A config for one app named `web` with a fixture as its command. */
+export function webApp(overrides: Record<string, unknown> = {}): Record<string, unknown> {
+  return {
+    name: 'web',
+    command: ['node', path.join(FIXTURES, 'app.mjs')],
+    listeners: [{ name: 'http', tcp: '127.0.0.1:0' }],
+    drain: { timeoutMs: 10_000 },
+    ...overrides,
+  };
+}
+
+export interface RunningAgent {
+  proc: ChildProcess;
+  pid: number;
+  events: SupervisorEvent[];
+  output: string[];
+  socket: string;
+  /** Resolves with the first logged record matching, waiting for it if need be. */
+  waitFor(pred: (rec: Record<string, unknown>) => boolean, what: string): Promise<Record<string, unknown>>;
+  exited: Promise<number | null>;
+  /** SIGTERM and wait for exit. */
+  stop(): Promise<number | null>;
+}
+
+/** Runs `baton agent run` as a real child process and follows its JSON-lines log. */
+export async function startAgent(
+  configFile: string,
+  opts: { env?: NodeJS.ProcessEnv; stdio?: (number | 'pipe' | 'ignore')[]; expectFailure?: boolean } = {},
+): Promise<RunningAgent> {
+  const extra = opts.stdio ?? [];
+  const proc = spawn(process.execPath, [CLI, 'agent', 'run', '--config', configFile], {
+    env: { ...process.env, ...opts.env },
+    stdio: ['ignore', 'pipe', 'pipe', ...extra],
+  });
+  const records: Record<string, unknown>[] = [];
+  const output: string[] = [];
+  const waiters: { pred: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }[] = [];
+  let buffered = '';
+  proc.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+    buffered += chunk;
+    const lines = buffered.split('\n');
+    buffered = lines.pop() ?? '';
+    for (const line of lines) {
+      output.push(line);
+      let rec: Record<string, unknown>;
+      try {
+        rec = JSON.parse(line) as Record<string, unknown>;
+      } catch {
+        continue;
+      }
+      records.push(rec);
+      for (const w of [...waiters]) if (w.pred(rec)) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(rec);
+      }
+    }
+  });
+  proc.stderr!.setEncoding('utf8').on('data', (chunk: string) => output.push(...chunk.trimEnd().split('\n')));
+  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  const waitFor = (pred: (r: Record<string, unknown>) => boolean, what: string) => {
+    const found = records.find(pred);
+    if (found) return Promise.resolve(found);
+    return withDeadline(
+      new Promise<Record<string, unknown>>((resolve) => waiters.push({ pred, resolve })),
+      `agent log: ${what}\n${output.slice(-30).join('\n')}`,
+    );
+  };
+  const config = JSON.parse(await (await import('node:fs/promises')).readFile(configFile, 'utf8')) as { stateDir: string };
+  const agent: RunningAgent = {
+    proc,
+    pid: proc.pid!,
+    events: records.filter((r) => r.type === 'phase' || r.type === 'log') as SupervisorEvent[],
+    output,
+    socket: path.join(path.resolve(path.dirname(configFile), config.stateDir), 'agent.sock'),
+    waitFor,
+    exited,
+    stop: async () => {
+      if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
+      return withDeadline(exited, 'agent stop');
+    },
+  };
+  Object.defineProperty(agent, 'events', {
+    get: () => records.filter((r) => r.type === 'phase' || r.type === 'log'),
+  });
+  if (!opts.expectFailure) {
+    await Promise.race([
+      waitFor((r) => r.type === 'agent' && r.msg === 'ready', 'ready'),
+      exited.then((code) => {
+        throw new Error(`agent exited (${code}) before ready:\n${output.join('\n')}`);
+      }),
+    ]);
+  }
+  return agent;
+}
+
+export function withDeadline<T>(promise: Promise<T>, what: string, ms = HUNG_MS): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  return Promise.race([
+    promise.finally(() => clearTimeout(timer)),
+    new Promise<T>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`hung waiting for ${what}`)), ms);
+    }),
+  ]);
+}
+
+/** One control request, with events collected. */
+export async function control(
+  socket: string,
+  body: Parameters<typeof controlRequest>[1],
+): Promise<{ result: unknown; events: SupervisorEvent[] }> {
+  const events: SupervisorEvent[] = [];
+  const result = await withDeadline(controlRequest(socket, body, (e) => events.push(e)), `control ${body.method}`);
+  return { result, events };
+}
+
+export async function controlError(socket: string, body: Parameters<typeof controlRequest>[1]): Promise<{ code: string; message: string; lines: readonly string[] }> {
+  try {
+    await control(socket, body);
+  } catch (err) {
+    const e = err as { code: string; message: string; lines: readonly string[] };
+    return { code: e.code, message: e.message, lines: e.lines ?? [] };
+  }
+  throw new Error(`control ${body.method} succeeded but was expected to fail`);
+}
+
+export function get(port: number, pathName = '/', agent: http.Agent | false = false): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: '127.0.0.1', port, path: pathName, agent }, (res) => {
+      let body = '';
+      res.setEncoding('utf8').on('data', (d: string) => (body += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+  });
+}
+
+export interface LoadResult {
+  sent: number;
+  ok: number;
+  non2xx: number;
+  errors: Record<string, number>;
+  bodies: Set<string>;
+}
+
+/**
+ * Bounded load: `workers` loops sending GETs until `stop()` or `maxRequests`, counting every
+ * failure by kind. Keep-alive (one agent per worker) or a new connection per request.
+ */
+export function load(port: number, opts: { workers: number; keepAlive: boolean; maxRequests?: number }) {
+  const result: LoadResult = { sent: 0, ok: 0, non2xx: 0, errors: {}, bodies: new Set() };
+  let stopped = false;
+  const max = opts.maxRequests ?? 200_000;
+  const worker = async () => {
+    const agent = opts.keepAlive ? new http.Agent({ keepAlive: true, maxSockets: 1 }) : false;
+    while (!stopped && result.sent < max) {
+      result.sent++;
+      try {
+        const res = await get(port, '/', agent);
+        if (res.status >= 200 && res.status < 300) {
+          result.ok++;
+          result.bodies.add(res.body.split(' ')[0]!);
+        } else result.non2xx++;
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+        result.errors[code] = (result.errors[code] ?? 0) + 1;
+      }
+    }
+    if (agent) agent.destroy();
+  };
+  const running = Promise.all(Array.from({ length: opts.workers }, worker));
+  return {
+    result,
+    stop: async () => {
+      stopped = true;
+      await running;
+      return result;
+    },
+  };
+}
+
+export function listenerPort(status: unknown, app = 'web'): number {
+  const s = status as { apps: { name: string; listeners: { address: string }[] }[] };
+  const address = s.apps.find((a) => a.name === app)!.listeners[0]!.address;
+  return Number(address.slice(address.lastIndexOf(':') + 1));
+}
