@@ -48,7 +48,10 @@ export class ControlServer {
     // Not waiting for close's callback: it fires only once every client has gone, and the
     // client asking for an upgrade is still here.
     if (this.server.listening) this.server.close();
-    if (this.file) await rm(this.file, { force: true }).catch(() => undefined);
+    // Forget the path once removed: after an upgrade it belongs to the successor.
+    const file = this.file;
+    this.file = undefined;
+    if (file) await rm(file, { force: true }).catch(() => undefined);
   }
 
   async close(): Promise<void> {

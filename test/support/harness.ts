@@ -218,6 +218,19 @@ export function load(port: number, opts: { workers: number; keepAlive: boolean; 
   };
 }
 
+/** A loopback port free right now, for tests that need a fixed address across agents. */
+export async function freePort(): Promise<number> {
+  const net = await import('node:net');
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as { port: number };
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
 export function listenerPort(status: unknown, app = 'web'): number {
   const s = status as { apps: { name: string; listeners: { address: string }[] }[] };
   const address = s.apps.find((a) => a.name === app)!.listeners[0]!.address;
