@@ -52,7 +52,9 @@ export class Drainer {
     let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
       closed.then(() => 'drained' as const),
-      new Promise<'deadline'>((resolve) => (timer = setTimeout(() => resolve('deadline'), opts.deadlineMs))),
+      new Promise<'deadline'>(
+        (resolve) => (timer = setTimeout(() => resolve('deadline'), opts.deadlineMs)),
+      ),
     ]);
     clearTimeout(timer);
     if (outcome === 'deadline') for (const socket of this.sockets.keys()) socket.destroy();

@@ -35,7 +35,10 @@ export interface Served {
   drain(): Promise<'drained' | 'deadline'>;
 }
 
-function listenOn(server: http.Server, target: { fd: number } | { port: number; host: string }): Promise<void> {
+function listenOn(
+  server: http.Server,
+  target: { fd: number } | { port: number; host: string },
+): Promise<void> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     server.listen(target, () => {
@@ -56,9 +59,15 @@ export async function serve(server: http.Server, opts: ServeOptions = {}): Promi
   const fds = inheritedFds();
   const fd = opts.listener !== undefined ? fds.get(opts.listener) : fds.values().next().value;
   if (opts.listener !== undefined && fds.size > 0 && fd === undefined)
-    throw new Error(`no inherited listener named "${opts.listener}"; the agent passed: ${[...fds.keys()].join(', ')}`);
+    throw new Error(
+      `no inherited listener named "${opts.listener}"; the agent passed: ${[...fds.keys()].join(', ')}`,
+    );
   if (fd !== undefined) await listenOn(server, { fd });
-  else await listenOn(server, { port: opts.port ?? Number(process.env.PORT ?? 3000), host: opts.host ?? '127.0.0.1' });
+  else
+    await listenOn(server, {
+      port: opts.port ?? Number(process.env.PORT ?? 3000),
+      host: opts.host ?? '127.0.0.1',
+    });
 
   let health: http.Server | undefined;
   const healthPort = Number(process.env.BATON_HEALTH_PORT);
@@ -79,7 +88,8 @@ export async function serve(server: http.Server, opts: ServeOptions = {}): Promi
       if (opts.exitAfterDrain ?? true) process.exit(0);
       return outcome;
     })());
-  for (const signal of opts.signals ?? (['SIGTERM', 'SIGINT'] as NodeJS.Signals[])) process.once(signal, () => void drain());
+  for (const signal of opts.signals ?? (['SIGTERM', 'SIGINT'] as NodeJS.Signals[]))
+    process.once(signal, () => void drain());
 
   notifyReady();
   return { adopted: fd !== undefined, address: server.address(), drain };

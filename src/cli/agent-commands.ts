@@ -39,7 +39,13 @@ function cliEntry(): string[] {
 }
 
 export async function agentRun(configFile: string): Promise<void> {
-  await runAgent(path.resolve(configFile), [...cliEntry(), 'agent', 'run', '--config', path.resolve(configFile)]);
+  await runAgent(path.resolve(configFile), [
+    ...cliEntry(),
+    'agent',
+    'run',
+    '--config',
+    path.resolve(configFile),
+  ]);
 }
 
 /** Starts the agent in the background and returns once it is ready (or shows why it failed). */
@@ -47,16 +53,21 @@ export async function agentStart(configFile: string, out: Output): Promise<void>
   const config = await loadAgentConfig(configFile);
   const paths = agentPaths(config.stateDir);
   const running = await runningAgentPid(paths.pidFile);
-  if (running !== undefined) throw new BatonError('AGENT_RUNNING', `the agent is already running (pid ${running})`);
+  if (running !== undefined)
+    throw new BatonError('AGENT_RUNNING', `the agent is already running (pid ${running})`);
   await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   const log = openSync(paths.agentLog, 'a', 0o600);
-  const child = spawn(process.execPath, [CLI_MAIN, 'agent', 'run', '--config', path.resolve(configFile)], {
-    detached: true,
-    stdio: ['ignore', log, log, 'pipe'],
-    env: { ...process.env, BATON_NOTIFY_FD: '3' },
-  });
+  const child = spawn(
+    process.execPath,
+    [CLI_MAIN, 'agent', 'run', '--config', path.resolve(configFile)],
+    {
+      detached: true,
+      stdio: ['ignore', log, log, 'pipe'],
+      env: { ...process.env, BATON_NOTIFY_FD: '3' },
+    },
+  );
   closeSync(log);
-  const outcome = await new Promise<'ready' | string>((resolve) => {
+  const outcome = await new Promise<string>((resolve) => {
     const pipe = child.stdio[3] as NodeJS.ReadableStream;
     pipe.setEncoding('utf8');
     pipe.on('data', (d: string) => d.includes('READY=1') && resolve('ready'));
@@ -64,8 +75,15 @@ export async function agentStart(configFile: string, out: Output): Promise<void>
     child.once('exit', (code, signal) => resolve(signal ?? `code ${code}`));
   });
   if (outcome !== 'ready') {
-    const lines = (await readFile(paths.agentLog, 'utf8').catch(() => '')).trimEnd().split('\n').slice(-5);
-    throw new BatonError('CONTROL_FAILED', `the agent exited while starting (${outcome}); see ${paths.agentLog}`, lines);
+    const lines = (await readFile(paths.agentLog, 'utf8').catch(() => ''))
+      .trimEnd()
+      .split('\n')
+      .slice(-5);
+    throw new BatonError(
+      'CONTROL_FAILED',
+      `the agent exited while starting (${outcome}); see ${paths.agentLog}`,
+      lines,
+    );
   }
   child.unref();
   (child.stdio[3] as NodeJS.ReadableStream & { destroy(): void }).destroy();
@@ -76,12 +94,14 @@ export async function agentStop(configFile: string, out: Output): Promise<void> 
   const config = await loadAgentConfig(configFile);
   const paths = agentPaths(config.stateDir);
   const pid = await runningAgentPid(paths.pidFile);
-  if (pid === undefined) throw new BatonError('AGENT_NOT_RUNNING', `no agent is running for ${config.stateDir}`);
+  if (pid === undefined)
+    throw new BatonError('AGENT_NOT_RUNNING', `no agent is running for ${config.stateDir}`);
   process.kill(pid, 'SIGTERM');
   // The agent drains every app first; wait for as long as the slowest drain may take, and more.
   const limit = Date.now() + Math.max(...config.apps.map((a) => a.drain.timeoutMs)) + 30_000;
   while (isAlive(pid) && Date.now() < limit) await delay(100);
-  if (isAlive(pid)) throw new BatonError('CONTROL_FAILED', `agent pid ${pid} did not stop; see ${paths.agentLog}`);
+  if (isAlive(pid))
+    throw new BatonError('CONTROL_FAILED', `agent pid ${pid} did not stop; see ${paths.agentLog}`);
   out.line(`agent stopped (pid ${pid})`);
 }
 
@@ -90,13 +110,20 @@ async function socketOf(configFile: string): Promise<string> {
 }
 
 export async function agentStatus(configFile: string, json: boolean, out: Output): Promise<void> {
-  const status = (await controlRequest(await socketOf(configFile), { method: 'status' })) as AgentStatus;
+  const status = (await controlRequest(await socketOf(configFile), {
+    method: 'status',
+  })) as AgentStatus;
   if (json) return out.json(status);
   out.line(`agent pid ${status.pid}, up since ${status.startedAt}`);
   for (const app of status.apps) {
-    const gen = app.generation ? `gen ${app.generation.number} pid ${app.generation.pid}` : 'no generation';
-    out.line(`${app.name}: ${app.state}, release ${app.release?.id ?? '-'} (${gen}), previous ${app.previous?.id ?? '-'}, restarts ${app.restarts}`);
-    for (const l of app.listeners) out.line(`  listener ${l.name} ${l.address}${l.origin ? ` (${l.origin})` : ' (NOT HELD)'}`);
+    const gen = app.generation
+      ? `gen ${app.generation.number} pid ${app.generation.pid}`
+      : 'no generation';
+    out.line(
+      `${app.name}: ${app.state}, release ${app.release?.id ?? '-'} (${gen}), previous ${app.previous?.id ?? '-'}, restarts ${app.restarts}`,
+    );
+    for (const l of app.listeners)
+      out.line(`  listener ${l.name} ${l.address}${l.origin ? ` (${l.origin})` : ' (NOT HELD)'}`);
     if (app.warning) out.line(`  warning: ${app.warning}`);
     if (app.lastError) out.line(`  last error: ${app.lastError}`);
   }
@@ -125,14 +152,24 @@ export async function agentDeploy(
   printResults([result], opts.json, out);
 }
 
-export async function agentReload(configFile: string, app: string | undefined, json: boolean, quiet: boolean, out: Output): Promise<void> {
-  const results = (await controlRequest(await socketOf(configFile), { method: 'reload', app }, (e) =>
-    !json && !quiet ? out.line(formatEvent(e)) : undefined,
+export async function agentReload(
+  configFile: string,
+  app: string | undefined,
+  json: boolean,
+  quiet: boolean,
+  out: Output,
+): Promise<void> {
+  const results = (await controlRequest(
+    await socketOf(configFile),
+    { method: 'reload', app },
+    (e) => (!json && !quiet ? out.line(formatEvent(e)) : undefined),
   )) as DeployResult[];
   printResults(results, json, out);
 }
 
 export async function agentUpgrade(configFile: string, out: Output): Promise<void> {
-  const result = (await controlRequest(await socketOf(configFile), { method: 'upgrade' })) as { pid: number };
+  const result = (await controlRequest(await socketOf(configFile), { method: 'upgrade' })) as {
+    pid: number;
+  };
   out.line(`agent upgraded: new agent pid ${result.pid}; apps kept serving`);
 }

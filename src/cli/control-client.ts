@@ -1,10 +1,18 @@
 import net from 'node:net';
 import { BatonError } from '../errors.js';
-import { CONTROL_MAX_LINE, ControlResponseSchema, type ControlRequest } from '../protocol/control.js';
+import {
+  CONTROL_MAX_LINE,
+  ControlResponseSchema,
+  type ControlRequest,
+} from '../protocol/control.js';
 import type { SupervisorEvent } from '../protocol/events.js';
 import { readLines } from '../protocol/lines.js';
 
-type RequestBody = ControlRequest extends infer R ? (R extends unknown ? Omit<R, 'id'> : never) : never;
+type RequestBody = ControlRequest extends infer R
+  ? R extends unknown
+    ? Omit<R, 'id'>
+    : never
+  : never;
 
 /** Sends one request to the agent's control socket; events stream to `onEvent`, the result resolves. */
 export async function controlRequest(
@@ -26,13 +34,23 @@ export async function controlRequest(
       settle(() =>
         reject(
           err.code === 'ENOENT' || err.code === 'ECONNREFUSED'
-            ? new BatonError('AGENT_NOT_RUNNING', `no agent is listening on ${socketPath}; start one with "baton agent start"`)
+            ? new BatonError(
+                'AGENT_NOT_RUNNING',
+                `no agent is listening on ${socketPath}; start one with "baton agent start"`,
+              )
             : new BatonError('CONTROL_FAILED', `control socket ${socketPath}: ${err.message}`),
         ),
       ),
     );
     socket.once('close', () =>
-      settle(() => reject(new BatonError('CONTROL_FAILED', 'the agent closed the control connection before answering'))),
+      settle(() =>
+        reject(
+          new BatonError(
+            'CONTROL_FAILED',
+            'the agent closed the control connection before answering',
+          ),
+        ),
+      ),
     );
     socket.once('connect', () => socket.write(JSON.stringify({ ...body, id }) + '\n'));
     readLines(
@@ -46,7 +64,8 @@ export async function controlRequest(
         else if (msg.type === 'result') settle(() => resolve(msg.result));
         else settle(() => reject(new BatonError(msg.code as never, msg.message, msg.lines)));
       },
-      () => settle(() => reject(new BatonError('CONTROL_FAILED', 'the agent sent an overlong line'))),
+      () =>
+        settle(() => reject(new BatonError('CONTROL_FAILED', 'the agent sent an overlong line'))),
     );
   });
 }

@@ -1,7 +1,16 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
 import { BatonError, errorMessage } from '../errors.js';
-import { agentDeploy, agentReload, agentRun, agentStart, agentStatus, agentStop, agentUpgrade, type Output } from './agent-commands.js';
+import {
+  agentDeploy,
+  agentReload,
+  agentRun,
+  agentStart,
+  agentStatus,
+  agentStop,
+  agentUpgrade,
+  type Output,
+} from './agent-commands.js';
 
 const USAGE = `usage: baton agent <command> [--config FILE]
   run                       run the agent in the foreground
@@ -51,8 +60,19 @@ async function main(argv: string[]): Promise<void> {
     case 'reload':
       return agentReload(config, values.app, values.json, values.quiet, out);
     case 'deploy':
-      if (!values.app || !values.release) throw new BatonError('USAGE', 'deploy needs --app NAME and --release DIR');
-      return agentDeploy(config, { app: values.app, release: values.release, id: values.id, json: values.json, quiet: values.quiet }, out);
+      if (!values.app || !values.release)
+        throw new BatonError('USAGE', 'deploy needs --app NAME and --release DIR');
+      return agentDeploy(
+        config,
+        {
+          app: values.app,
+          release: values.release,
+          id: values.id,
+          json: values.json,
+          quiet: values.quiet,
+        },
+        out,
+      );
     case 'upgrade':
       return agentUpgrade(config, out);
     default:
@@ -63,6 +83,7 @@ async function main(argv: string[]): Promise<void> {
 main(process.argv.slice(2)).catch((err: unknown) => {
   const code = err instanceof BatonError ? err.code : 'ERROR';
   process.stderr.write(`baton: ${code}: ${errorMessage(err)}\n`);
-  if (err instanceof BatonError) for (const line of err.lines) process.stderr.write(`  | ${line}\n`);
+  if (err instanceof BatonError)
+    for (const line of err.lines) process.stderr.write(`  | ${line}\n`);
   process.exitCode = 1;
 });

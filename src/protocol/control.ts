@@ -15,7 +15,10 @@ export const ControlRequestSchema = z.discriminatedUnion('method', [
       app: z.string().min(1),
       /** Absolute path of the release directory on the agent's host. */
       releaseDir: z.string().startsWith('/', 'releaseDir must be an absolute path'),
-      releaseId: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/).optional(),
+      releaseId: z
+        .string()
+        .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/)
+        .optional(),
     })
     .strict(),
   z.object({ id: Id, method: z.literal('reload'), app: z.string().min(1).optional() }).strict(),

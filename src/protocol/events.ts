@@ -47,7 +47,10 @@ export const LogEventSchema = z
   .strict();
 export type LogEvent = z.infer<typeof LogEventSchema>;
 
-export const SupervisorEventSchema = z.discriminatedUnion('type', [PhaseEventSchema, LogEventSchema]);
+export const SupervisorEventSchema = z.discriminatedUnion('type', [
+  PhaseEventSchema,
+  LogEventSchema,
+]);
 export type SupervisorEvent = z.infer<typeof SupervisorEventSchema>;
 
 /** Where supervisor events go: JSON lines in the agent, the deploy stream later. */
@@ -56,5 +59,5 @@ export type Reporter = (event: SupervisorEvent) => void;
 type Omitted<T> = T extends unknown ? Omit<T, 'at'> : never;
 /** Stamps an event with the time and passes it on. */
 export function report(reporter: Reporter, event: Omitted<SupervisorEvent>): void {
-  reporter({ ...event, at: new Date().toISOString() } as SupervisorEvent);
+  reporter({ ...event, at: new Date().toISOString() });
 }

@@ -86,7 +86,10 @@ export class Agent {
         const orphan = record !== undefined && isAlive(record.pid);
         const listeners = await this.openListeners(app, inherited, orphan);
         if (listeners) opened.push(...listeners);
-        this.apps.set(app.name, new AppSupervisor(app, listeners, this.state, this.paths.logDir, this.reporter));
+        this.apps.set(
+          app.name,
+          new AppSupervisor(app, listeners, this.state, this.paths.logDir, this.reporter),
+        );
       }
     } catch (err) {
       closeAll(opened);
@@ -179,11 +182,15 @@ export class Agent {
       BATON_PREDECESSOR_PID: String(process.pid),
     };
     if (fds.length === 0) delete env.LISTEN_FDS;
-    const child = spawn('/bin/sh', ['-c', 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', 'baton-agent', ...argv], {
-      env,
-      detached: true,
-      stdio: ['ignore', out, out, ...fds, 'pipe'],
-    });
+    const child = spawn(
+      '/bin/sh',
+      ['-c', 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', 'baton-agent', ...argv],
+      {
+        env,
+        detached: true,
+        stdio: ['ignore', out, out, ...fds, 'pipe'],
+      },
+    );
     closeSync(out);
     try {
       await new Promise<void>((resolve, reject) => {

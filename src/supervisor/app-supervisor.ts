@@ -13,7 +13,12 @@ export interface AppStatus {
   release: Release | undefined;
   previous: Release | undefined;
   generation: { number: number; pid: number; releaseId: string; startedAt: string } | undefined;
-  listeners: { name: string; address: string; fd: number | undefined; origin: string | undefined }[];
+  listeners: {
+    name: string;
+    address: string;
+    fd: number | undefined;
+    origin: string | undefined;
+  }[];
   /** Set when the agent does not hold the listeners (re-adopted after a crash without socket activation). */
   warning: string | undefined;
   deploy: string | undefined;
@@ -83,11 +88,21 @@ export class AppSupervisor {
       release: st.current,
       previous: st.previous,
       generation: gen
-        ? { number: gen.number, pid: gen.pid, releaseId: gen.releaseId, startedAt: gen.record.startedAt }
+        ? {
+            number: gen.number,
+            pid: gen.pid,
+            releaseId: gen.releaseId,
+            startedAt: gen.record.startedAt,
+          }
         : undefined,
       listeners: this.app.listeners.map((cfg) => {
         const held = this.listeners?.find((l) => l.name === cfg.name);
-        return { name: cfg.name, address: held?.address ?? describeListener(cfg), fd: held?.fd, origin: held?.origin };
+        return {
+          name: cfg.name,
+          address: held?.address ?? describeListener(cfg),
+          fd: held?.fd,
+          origin: held?.origin,
+        };
       }),
       warning: this.listeners
         ? undefined
@@ -142,13 +157,19 @@ export class AppSupervisor {
 
   private configuredRelease(): Release | undefined {
     if (this.app.release === undefined) return undefined;
-    return { id: this.app.releaseId ?? this.app.release.split('/').filter(Boolean).pop()!, dir: this.app.release };
+    return {
+      id: this.app.releaseId ?? this.app.release.split('/').filter(Boolean).pop()!,
+      dir: this.app.release,
+    };
   }
 
   /** Hands over to a new generation of `release`; the old one serves until the new one is ready. */
   async deploy(release: Release, deployId = `deploy ${release.id}`): Promise<DeployResult> {
     if (this.deploying)
-      throw new BatonError('DEPLOY_BUSY', `busy: ${this.deploying} of ${this.app.name} in progress; try again when it ends`);
+      throw new BatonError(
+        'DEPLOY_BUSY',
+        `busy: ${this.deploying} of ${this.app.name} in progress; try again when it ends`,
+      );
     if (this.stopped) throw new BatonError('APP_UNKNOWN', `app ${this.app.name} is stopped`);
     this.deploying = deployId;
     const started = Date.now();
@@ -174,7 +195,14 @@ export class AppSupervisor {
         this.lastError = errorMessage(err);
       });
       const durationMs = Date.now() - started;
-      report(this.reporter, { type: 'phase', app: this.app.name, phase: 'done', generation: gen.number, releaseId: release.id, durationMs });
+      report(this.reporter, {
+        type: 'phase',
+        app: this.app.name,
+        phase: 'done',
+        generation: gen.number,
+        releaseId: release.id,
+        durationMs,
+      });
       return {
         app: this.app.name,
         releaseId: release.id,
@@ -204,7 +232,8 @@ export class AppSupervisor {
   /** Hot restart of the current release through the same handover. */
   async reload(): Promise<DeployResult> {
     const release = this.appState.current ?? this.configuredRelease();
-    if (!release) throw new BatonError('NO_RELEASE', `app ${this.app.name} has no release to reload`);
+    if (!release)
+      throw new BatonError('NO_RELEASE', `app ${this.app.name} has no release to reload`);
     return this.deploy(release, `reload of ${release.id}`);
   }
 
@@ -270,7 +299,14 @@ export class AppSupervisor {
       await gen.stop('abort');
       throw err;
     }
-    report(this.reporter, { type: 'phase', app: this.app.name, phase: 'ready', generation: number, releaseId: release.id, pid: gen.pid });
+    report(this.reporter, {
+      type: 'phase',
+      app: this.app.name,
+      phase: 'ready',
+      generation: number,
+      releaseId: release.id,
+      pid: gen.pid,
+    });
     return gen;
   }
 
@@ -285,13 +321,26 @@ export class AppSupervisor {
       st.current = release;
       st.generation = gen.record;
     });
-    report(this.reporter, { type: 'phase', app: this.app.name, phase: 'switched', generation: gen.number, releaseId: release.id, pid: gen.pid });
+    report(this.reporter, {
+      type: 'phase',
+      app: this.app.name,
+      phase: 'switched',
+      generation: gen.number,
+      releaseId: release.id,
+      pid: gen.pid,
+    });
     this.watch(gen);
   }
 
   private async drain(gen: Generation): Promise<'exited' | 'killed'> {
     const started = Date.now();
-    report(this.reporter, { type: 'phase', app: this.app.name, phase: 'draining', generation: gen.number, pid: gen.pid });
+    report(this.reporter, {
+      type: 'phase',
+      app: this.app.name,
+      phase: 'draining',
+      generation: gen.number,
+      pid: gen.pid,
+    });
     const outcome = await gen.stop('drain');
     report(this.reporter, {
       type: 'phase',
@@ -299,7 +348,10 @@ export class AppSupervisor {
       phase: 'drained',
       generation: gen.number,
       durationMs: Date.now() - started,
-      detail: outcome === 'killed' ? `did not exit within ${this.app.drain.timeoutMs} ms: killed` : gen.exitDescription(),
+      detail:
+        outcome === 'killed'
+          ? `did not exit within ${this.app.drain.timeoutMs} ms: killed`
+          : gen.exitDescription(),
     });
     return outcome;
   }
@@ -316,7 +368,8 @@ export class AppSupervisor {
         detail: gen.exitDescription(),
       });
       const servedMs = Date.now() - Date.parse(gen.record.startedAt);
-      if (servedMs >= this.app.restart.resetAfterMs) this.backoffMs = this.app.restart.initialBackoffMs;
+      if (servedMs >= this.app.restart.resetAfterMs)
+        this.backoffMs = this.app.restart.initialBackoffMs;
       this.scheduleRestart();
     });
   }
@@ -336,11 +389,18 @@ export class AppSupervisor {
         if (!release) return;
         const wait = this.backoffMs;
         this.backoffMs = Math.min(Math.max(wait * 2, 1), this.app.restart.maxBackoffMs);
-        report(this.reporter, { type: 'phase', app: this.app.name, phase: 'restarting', releaseId: release.id, detail: `in ${wait} ms` });
+        report(this.reporter, {
+          type: 'phase',
+          app: this.app.name,
+          phase: 'restarting',
+          releaseId: release.id,
+          detail: `in ${wait} ms`,
+        });
         await delay(wait);
         if (this.stopped || !this.supervising) return;
         try {
-          if (!this.listeners) this.listeners = await Promise.all(this.app.listeners.map((l) => openListener(l)));
+          if (!this.listeners)
+            this.listeners = await Promise.all(this.app.listeners.map((l) => openListener(l)));
           const gen = await this.launch(release);
           this.restarts++;
           this.restartPending = false;

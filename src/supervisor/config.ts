@@ -39,7 +39,10 @@ export const ListenerSchema = z
 export type ListenerConfig = z.infer<typeof ListenerSchema>;
 
 const HookSchema = z.union([
-  z.string().min(1).transform((run) => ({ run, timeoutMs: 60_000 })),
+  z
+    .string()
+    .min(1)
+    .transform((run) => ({ run, timeoutMs: 60_000 })),
   z
     .object({
       /** Shell command, run with /bin/sh -c in the release directory. */
@@ -78,7 +81,15 @@ export const ReadinessSchema = z.discriminatedUnion('type', [
 ]);
 export type ReadinessConfig = z.infer<typeof ReadinessSchema>;
 
-const SIGNALS = ['SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGHUP', 'SIGUSR1', 'SIGUSR2', 'SIGWINCH'] as const;
+const SIGNALS = [
+  'SIGTERM',
+  'SIGINT',
+  'SIGQUIT',
+  'SIGHUP',
+  'SIGUSR1',
+  'SIGUSR2',
+  'SIGWINCH',
+] as const;
 
 export const AppSchema = z
   .object({
@@ -149,7 +160,11 @@ export const AgentConfigSchema = z
     const seen = new Set<string>();
     for (const [i, app] of cfg.apps.entries()) {
       if (seen.has(app.name))
-        ctx.addIssue({ code: 'custom', path: ['apps', i, 'name'], message: `duplicate app "${app.name}"` });
+        ctx.addIssue({
+          code: 'custom',
+          path: ['apps', i, 'name'],
+          message: `duplicate app "${app.name}"`,
+        });
       seen.add(app.name);
       const names = new Set<string>();
       for (const [j, l] of app.listeners.entries()) {
@@ -206,7 +221,10 @@ export async function loadAgentConfig(file: string): Promise<AgentConfig> {
   try {
     raw = file.endsWith('.json') ? JSON.parse(text) : parseYaml(text);
   } catch (err) {
-    throw new BatonError('CONFIG_INVALID', `${file}: not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${errorMessage(err)}`);
+    throw new BatonError(
+      'CONFIG_INVALID',
+      `${file}: not valid ${file.endsWith('.json') ? 'JSON' : 'YAML'}: ${errorMessage(err)}`,
+    );
   }
   return parseAgentConfig(raw, file);
 }

@@ -2,7 +2,12 @@ import { chmod, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { BatonError, errorMessage } from '../errors.js';
-import { CONTROL_MAX_LINE, ControlRequestSchema, type ControlRequest, type ControlResponse } from '../protocol/control.js';
+import {
+  CONTROL_MAX_LINE,
+  ControlRequestSchema,
+  type ControlRequest,
+  type ControlResponse,
+} from '../protocol/control.js';
 import { readLines } from '../protocol/lines.js';
 import { formatIssues } from './config.js';
 import type { Agent } from './agent.js';
@@ -75,7 +80,12 @@ export class ControlServer {
         queue = queue.then(() => this.handle(line, send));
       },
       () => {
-        send({ type: 'error', code: 'CONTROL_FAILED', message: `request longer than ${CONTROL_MAX_LINE} bytes`, lines: [] });
+        send({
+          type: 'error',
+          code: 'CONTROL_FAILED',
+          message: `request longer than ${CONTROL_MAX_LINE} bytes`,
+          lines: [],
+        });
         socket.end();
       },
     );
@@ -91,13 +101,19 @@ export class ControlServer {
     }
     const parsed = ControlRequestSchema.safeParse(raw);
     if (!parsed.success) {
-      send({ type: 'error', code: 'CONTROL_FAILED', message: `bad request: ${formatIssues(parsed.error)}`, lines: [] });
+      send({
+        type: 'error',
+        code: 'CONTROL_FAILED',
+        message: `bad request: ${formatIssues(parsed.error)}`,
+        lines: [],
+      });
       return;
     }
     const req = parsed.data;
     const app = 'app' in req ? req.app : undefined;
     const unsubscribe = this.agent.subscribe((event) => {
-      if (req.method !== 'status' && (app === undefined || event.app === app)) send({ type: 'event', id: req.id, event });
+      if (req.method !== 'status' && (app === undefined || event.app === app))
+        send({ type: 'event', id: req.id, event });
     });
     try {
       send({ type: 'result', id: req.id, result: await this.dispatch(req) });
@@ -117,7 +133,8 @@ export class ControlServer {
   /** Runs a request from inside the agent (a signal), logging instead of answering. */
   async dispatchLocal(req: ControlRequest): Promise<void> {
     await this.handle(JSON.stringify(req), (msg) => {
-      if (msg.type !== 'event') process.stdout.write(JSON.stringify({ at: new Date().toISOString(), ...msg }) + '\n');
+      if (msg.type !== 'event')
+        process.stdout.write(JSON.stringify({ at: new Date().toISOString(), ...msg }) + '\n');
     });
   }
 

@@ -10,13 +10,19 @@ import type { AppConfig, ReadinessConfig } from './config.js';
 import type { Listener } from './listeners.js';
 import { LogTail } from './log-tail.js';
 import type { GenerationRecord } from './state.js';
-import { childBaseEnv, delay, isAlive, processStartTime, resolveCommand, signalGroup } from './process-util.js';
+import {
+  childBaseEnv,
+  delay,
+  isAlive,
+  processStartTime,
+  resolveCommand,
+  signalGroup,
+} from './process-util.js';
 
 export interface Release {
   id: string;
   dir: string;
 }
-
 
 export type { GenerationRecord };
 
@@ -127,12 +133,22 @@ export class Generation {
     const out = openSync(logFile, 'a', 0o640);
     let child: ChildProcess;
     try {
-      child = spawn('/bin/sh', ['-c', EXEC_WRAPPER, app.name, executable, ...app.command.slice(1)], {
-        cwd: release.dir,
-        env,
-        detached: true,
-        stdio: ['ignore', out, out, ...listeners.map((l) => l.fd), app.readiness.type === 'notify' ? 'pipe' : 'ignore'],
-      });
+      child = spawn(
+        '/bin/sh',
+        ['-c', EXEC_WRAPPER, app.name, executable, ...app.command.slice(1)],
+        {
+          cwd: release.dir,
+          env,
+          detached: true,
+          stdio: [
+            'ignore',
+            out,
+            out,
+            ...listeners.map((l) => l.fd),
+            app.readiness.type === 'notify' ? 'pipe' : 'ignore',
+          ],
+        },
+      );
       await new Promise<void>((resolve, reject) => {
         child.once('spawn', resolve);
         child.once('error', reject);
@@ -158,12 +174,23 @@ export class Generation {
     const gen = new Generation(app, record, tail, healthPort, child);
     const notify = child.stdio[notifyFd];
     if (notify && 'on' in notify) gen.readNotify(notify as NodeJS.ReadableStream);
-    report(reporter, { type: 'phase', app: app.name, phase: 'generation-started', generation: number, releaseId: release.id, pid });
+    report(reporter, {
+      type: 'phase',
+      app: app.name,
+      phase: 'generation-started',
+      generation: number,
+      releaseId: release.id,
+      pid,
+    });
     return gen;
   }
 
   /** Takes back a generation a previous agent started, if it is still the same process. */
-  static async adopt(app: AppConfig, record: GenerationRecord, reporter: Reporter): Promise<Generation | undefined> {
+  static async adopt(
+    app: AppConfig,
+    record: GenerationRecord,
+    reporter: Reporter,
+  ): Promise<Generation | undefined> {
     if (!isAlive(record.pid)) return undefined;
     const startTime = await processStartTime(record.pid);
     if (record.startTime !== undefined && startTime !== record.startTime) return undefined;
@@ -227,7 +254,8 @@ export class Generation {
     });
     const checks: Promise<'ready' | 'timeout' | Exit>[] = [this.exited, deadline];
     if (readiness.type === 'notify') checks.push(signalled);
-    if (readiness.type === 'http') checks.push(this.pollHealth(readiness.path, readiness.intervalMs, () => stopPolling));
+    if (readiness.type === 'http')
+      checks.push(this.pollHealth(readiness.path, readiness.intervalMs, () => stopPolling));
     try {
       const outcome = await Promise.race(checks);
       if (outcome === 'ready') return;
@@ -242,7 +270,7 @@ export class Generation {
           `generation ${this.number} (${this.releaseId}) was not ready within ${timeoutMs} ms (${readiness.type} readiness); the old generation keeps serving`,
           lines,
         );
-      const exit = this.exitInfo ?? (outcome as Exit);
+      const exit = this.exitInfo ?? outcome;
       throw new BatonError(
         'GENERATION_EXITED',
         `generation ${this.number} (${this.releaseId}) exited before it was ready (${exit.signal ?? `code ${exit.code}`}); the old generation keeps serving`,
@@ -254,13 +282,20 @@ export class Generation {
     }
   }
 
-  private async pollHealth(pathName: string, intervalMs: number, stopped: () => boolean): Promise<'ready'> {
+  private async pollHealth(
+    pathName: string,
+    intervalMs: number,
+    stopped: () => boolean,
+  ): Promise<'ready'> {
     while (!stopped()) {
       const status = await new Promise<number>((resolve) => {
-        const req = http.get({ host: '127.0.0.1', port: this.healthPort, path: pathName, timeout: 2000, agent: false }, (res) => {
-          res.resume();
-          resolve(res.statusCode ?? 0);
-        });
+        const req = http.get(
+          { host: '127.0.0.1', port: this.healthPort, path: pathName, timeout: 2000, agent: false },
+          (res) => {
+            res.resume();
+            resolve(res.statusCode ?? 0);
+          },
+        );
         req.on('timeout', () => req.destroy());
         req.on('error', () => resolve(0));
       });
@@ -288,7 +323,9 @@ export class Generation {
     let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
       this.exited.then(() => 'exited' as const),
-      new Promise<'timeout'>((resolve) => (timer = setTimeout(() => resolve('timeout'), timeoutMs))),
+      new Promise<'timeout'>(
+        (resolve) => (timer = setTimeout(() => resolve('timeout'), timeoutMs)),
+      ),
     ]);
     clearTimeout(timer);
     signalGroup(this.pid, 'SIGKILL');
@@ -302,6 +339,10 @@ export class Generation {
   exitDescription(): string {
     const exit = this.exitInfo;
     if (!exit) return 'running';
-    return exit.signal ? `killed by ${exit.signal}` : exit.code === null ? 'gone' : `exit code ${exit.code}`;
+    return exit.signal
+      ? `killed by ${exit.signal}`
+      : exit.code === null
+        ? 'gone'
+        : `exit code ${exit.code}`;
   }
 }

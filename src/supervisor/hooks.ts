@@ -20,15 +20,35 @@ export interface HookContext {
  * wrote), in its own process group so a timeout kills what it started too. Throws HOOK_FAILED or
  * HOOK_TIMEOUT with the hook's last lines.
  */
-export async function runHook(name: HookName, hook: HookConfig | undefined, ctx: HookContext): Promise<void> {
+export async function runHook(
+  name: HookName,
+  hook: HookConfig | undefined,
+  ctx: HookContext,
+): Promise<void> {
   if (!hook) return;
   const { app, reporter } = ctx;
   const started = Date.now();
-  report(reporter, { type: 'phase', app: app.name, phase: 'hook-started', hook: name, releaseId: ctx.releaseId });
-  const env: NodeJS.ProcessEnv = { ...childBaseEnv(), ...app.env, BATON_APP: app.name, BATON_HOOK: name };
+  report(reporter, {
+    type: 'phase',
+    app: app.name,
+    phase: 'hook-started',
+    hook: name,
+    releaseId: ctx.releaseId,
+  });
+  const env: NodeJS.ProcessEnv = {
+    ...childBaseEnv(),
+    ...app.env,
+    BATON_APP: app.name,
+    BATON_HOOK: name,
+  };
   if (ctx.releaseId) env.BATON_RELEASE_ID = ctx.releaseId;
   if (ctx.previousReleaseId) env.BATON_PREVIOUS_RELEASE_ID = ctx.previousReleaseId;
-  const child = spawn('/bin/sh', ['-c', hook.run], { cwd: ctx.cwd, env, detached: true, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn('/bin/sh', ['-c', hook.run], {
+    cwd: ctx.cwd,
+    env,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   const lines: string[] = [];
   const source = `hook:${name}`;
   for (const stream of [child.stdout, child.stderr]) {
@@ -43,7 +63,11 @@ export async function runHook(name: HookName, hook: HookConfig | undefined, ctx:
     timedOut = true;
     if (child.pid) signalGroup(child.pid, 'SIGKILL');
   }, hook.timeoutMs);
-  const result = await new Promise<{ code: number | null; signal: NodeJS.Signals | null; error?: Error }>((resolve) => {
+  const result = await new Promise<{
+    code: number | null;
+    signal: NodeJS.Signals | null;
+    error?: Error;
+  }>((resolve) => {
     child.once('error', (error) => resolve({ code: null, signal: null, error }));
     child.once('close', (code, signal) => resolve({ code, signal }));
   });
@@ -58,8 +82,22 @@ export async function runHook(name: HookName, hook: HookConfig | undefined, ctx:
           ? `was killed by ${result.signal}`
           : `exited with code ${result.code}`;
     const code = timedOut ? 'HOOK_TIMEOUT' : 'HOOK_FAILED';
-    report(reporter, { type: 'phase', app: app.name, phase: 'failed', hook: name, durationMs, code, detail: why });
+    report(reporter, {
+      type: 'phase',
+      app: app.name,
+      phase: 'failed',
+      hook: name,
+      durationMs,
+      code,
+      detail: why,
+    });
     throw new BatonError(code, `${name} hook of ${app.name} ${why}`, lines.slice(-20));
   }
-  report(reporter, { type: 'phase', app: app.name, phase: 'hook-finished', hook: name, durationMs });
+  report(reporter, {
+    type: 'phase',
+    app: app.name,
+    phase: 'hook-finished',
+    hook: name,
+    durationMs,
+  });
 }

@@ -74,8 +74,7 @@ export function describeListener(cfg: ListenerConfig): string {
 
 function socketName(handle: RawHandle): { address?: string; port?: number; family?: string } {
   const out: Record<string, unknown> = {};
-  if (typeof handle.getsockname === 'function' && handle.getsockname(out) === 0)
-    return out as { address?: string; port?: number; family?: string };
+  if (typeof handle.getsockname === 'function' && handle.getsockname(out) === 0) return out;
   return {};
 }
 
@@ -85,13 +84,20 @@ function socketName(handle: RawHandle): { address?: string; port?: number; famil
  * loop polls (both 'listening' and 'error' arrive on process.nextTick). Connections then wait in
  * the kernel queue until a generation accepts.
  */
-async function listenInHelper(fd: number, backlog: number, where: string, name: string): Promise<void> {
+async function listenInHelper(
+  fd: number,
+  backlog: number,
+  where: string,
+  name: string,
+): Promise<void> {
   const script =
     "const s=require('net').createServer();" +
     "s.on('error',e=>{process.stderr.write(String(e.code||e.message));process.exit(1)});" +
     "s.on('listening',()=>process.exit(0));" +
     `s.listen({fd:3,backlog:${backlog}});`;
-  const child = spawn(process.execPath, ['-e', script], { stdio: ['ignore', 'ignore', 'pipe', fd] });
+  const child = spawn(process.execPath, ['-e', script], {
+    stdio: ['ignore', 'ignore', 'pipe', fd],
+  });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d.slice(0, 500)));
   const code = await new Promise<number | null>((resolve, reject) => {
@@ -104,7 +110,10 @@ async function listenInHelper(fd: number, backlog: number, where: string, name: 
       'LISTENER_IN_USE',
       `listener "${name}" (${where}): address already in use; stop whatever holds it, or choose another address`,
     );
-  throw new BatonError('LISTENER_BIND_FAILED', `listener "${name}" (${where}): listen failed: ${stderr || `exit ${code}`}`);
+  throw new BatonError(
+    'LISTENER_BIND_FAILED',
+    `listener "${name}" (${where}): listen failed: ${stderr || `exit ${code}`}`,
+  );
 }
 
 function makeListener(
@@ -135,7 +144,8 @@ function makeListener(
       if (closed) return;
       closed = true;
       handle.close();
-      if (unixPath !== undefined && origin === 'bound' && !keepPath) unlink(unixPath).catch(() => undefined);
+      if (unixPath !== undefined && origin === 'bound' && !keepPath)
+        unlink(unixPath).catch(() => undefined);
     },
   };
 }
@@ -181,7 +191,14 @@ export async function openListener(cfg: ListenerConfig): Promise<Listener> {
     handle.close();
     throw err;
   }
-  return makeListener(cfg.name, handle, cfg.unix !== undefined ? 'unix' : 'tcp', where, 'bound', cfg.unix);
+  return makeListener(
+    cfg.name,
+    handle,
+    cfg.unix !== undefined ? 'unix' : 'tcp',
+    where,
+    'bound',
+    cfg.unix,
+  );
 }
 
 /** Wraps an inherited, already listening fd (systemd socket unit or predecessor agent). */
@@ -193,7 +210,13 @@ export function adoptListener(cfg: ListenerConfig, fd: number): Listener {
       'LISTENER_ACTIVATION_MISMATCH',
       `inherited fd ${fd} for listener "${cfg.name}" is not a stream socket (errno ${handle}); check the socket unit`,
     );
-  const listener = makeListener(cfg.name, handle, cfg.unix !== undefined ? 'unix' : 'tcp', describeListener(cfg), 'inherited');
+  const listener = makeListener(
+    cfg.name,
+    handle,
+    cfg.unix !== undefined ? 'unix' : 'tcp',
+    describeListener(cfg),
+    'inherited',
+  );
   if (cfg.tcp !== undefined && listener.port === undefined)
     throw new BatonError(
       'LISTENER_ACTIVATION_MISMATCH',

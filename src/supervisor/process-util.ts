@@ -38,10 +38,17 @@ export async function processStartTime(pid: number): Promise<number | undefined>
 }
 
 /** Resolves a command the way execvp would, relative to `cwd` when it has a slash. */
-export async function resolveCommand(command: string, cwd: string, envPath: string | undefined): Promise<string> {
+export async function resolveCommand(
+  command: string,
+  cwd: string,
+  envPath: string | undefined,
+): Promise<string> {
   const candidates = command.includes('/')
     ? [path.resolve(cwd, command)]
-    : (envPath ?? '/usr/local/bin:/usr/bin:/bin').split(':').filter(Boolean).map((dir) => path.join(dir, command));
+    : (envPath ?? '/usr/local/bin:/usr/bin:/bin')
+        .split(':')
+        .filter(Boolean)
+        .map((dir) => path.join(dir, command));
   for (const file of candidates) {
     try {
       await access(file, constants.X_OK);
@@ -63,7 +70,16 @@ export function delay(ms: number): Promise<void> {
 }
 
 // Environment that belongs to the agent's own activation, never to be passed on to apps or hooks.
-const AGENT_ONLY_ENV = ['LISTEN_FDS', 'LISTEN_FDNAMES', 'LISTEN_PID', 'NOTIFY_SOCKET', 'WATCHDOG_USEC', 'WATCHDOG_PID', 'BATON_NOTIFY_FD', 'BATON_PREDECESSOR_PID'];
+const AGENT_ONLY_ENV = [
+  'LISTEN_FDS',
+  'LISTEN_FDNAMES',
+  'LISTEN_PID',
+  'NOTIFY_SOCKET',
+  'WATCHDOG_USEC',
+  'WATCHDOG_PID',
+  'BATON_NOTIFY_FD',
+  'BATON_PREDECESSOR_PID',
+];
 
 /** The agent's environment as apps and hooks start from it. */
 export function childBaseEnv(): NodeJS.ProcessEnv {

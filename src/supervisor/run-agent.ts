@@ -9,7 +9,9 @@ import { claimPidFile, releasePidFile } from './pid-file.js';
 
 /** The agent's own log: one JSON object per line on stdout (a file when daemonized). */
 export function jsonLine(record: SupervisorEvent | Record<string, unknown>): void {
-  process.stdout.write(JSON.stringify('at' in record ? record : { at: new Date().toISOString(), ...record }) + '\n');
+  process.stdout.write(
+    JSON.stringify('at' in record ? record : { at: new Date().toISOString(), ...record }) + '\n',
+  );
 }
 
 /**
@@ -17,7 +19,11 @@ export function jsonLine(record: SupervisorEvent | Record<string, unknown>): voi
  * the control socket, and maps signals: SIGTERM/SIGINT drain the apps and exit, SIGHUP reloads
  * them, SIGUSR2 upgrades the agent in place. Resolves when the agent has finished.
  */
-export async function runAgent(configFile: string, successorArgv: string[], env: NodeJS.ProcessEnv = process.env): Promise<void> {
+export async function runAgent(
+  configFile: string,
+  successorArgv: string[],
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<void> {
   const config = await loadAgentConfig(configFile);
   const paths = agentPaths(config.stateDir);
   await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
@@ -66,7 +72,9 @@ export async function runAgent(configFile: string, successorArgv: string[], env:
   };
   const onReload = () => {
     jsonLine({ type: 'agent', msg: 'SIGHUP: reloading apps' });
-    agent.reload().catch((err: unknown) => jsonLine({ type: 'agent', level: 'error', msg: errorMessage(err) }));
+    agent
+      .reload()
+      .catch((err: unknown) => jsonLine({ type: 'agent', level: 'error', msg: errorMessage(err) }));
   };
   const onUpgrade = () => {
     jsonLine({ type: 'agent', msg: 'SIGUSR2: upgrading agent' });
@@ -77,7 +85,12 @@ export async function runAgent(configFile: string, successorArgv: string[], env:
   process.on('SIGINT', onStop);
   process.on('SIGHUP', onReload);
   process.on('SIGUSR2', onUpgrade);
-  jsonLine({ type: 'agent', msg: 'ready', pid: process.pid, apps: agent.status().apps.map((a) => a.name) });
+  jsonLine({
+    type: 'agent',
+    msg: 'ready',
+    pid: process.pid,
+    apps: agent.status().apps.map((a) => a.name),
+  });
   notifyReady(env);
 
   const how = await finished;
@@ -87,5 +100,8 @@ export async function runAgent(configFile: string, successorArgv: string[], env:
   process.off('SIGUSR2', onUpgrade);
   await control.close();
   if (how === 'stopped') await releasePidFile(paths.pidFile);
-  jsonLine({ type: 'agent', msg: how === 'stopped' ? 'stopped' : 'exited after upgrade; apps kept running' });
+  jsonLine({
+    type: 'agent',
+    msg: how === 'stopped' ? 'stopped' : 'exited after upgrade; apps kept running',
+  });
 }

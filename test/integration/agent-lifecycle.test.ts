@@ -40,7 +40,10 @@ describe('agent lifecycle', () => {
     const tmp = await tempDir();
     try {
       const [v1] = await releases(tmp.dir, 'v1');
-      const config = await writeConfig(tmp.dir, { stateDir: './state', apps: [webApp({ release: v1 })] });
+      const config = await writeConfig(tmp.dir, {
+        stateDir: './state',
+        apps: [webApp({ release: v1 })],
+      });
       const pidFile = path.join(tmp.dir, 'state', 'agent.pid');
       // A PID file left by a crash, naming a pid that is not running, must not block the start.
       spawnSync('mkdir', ['-p', path.join(tmp.dir, 'state')]);
@@ -79,7 +82,9 @@ describe('agent lifecycle', () => {
     const tmp = await tempDir();
     try {
       const [v1] = await releases(tmp.dir, 'v1');
-      const first = await startAgent(await writeConfig(tmp.dir, { stateDir: './state', apps: [webApp({ release: v1 })] }));
+      const first = await startAgent(
+        await writeConfig(tmp.dir, { stateDir: './state', apps: [webApp({ release: v1 })] }),
+      );
       try {
         const port = listenerPort((await control(first.socket, { method: 'status' })).result);
         const otherDir = path.join(tmp.dir, 'other');
@@ -112,7 +117,9 @@ describe('agent lifecycle', () => {
         apps: [webApp({ release: v1, listeners: [{ name: 'http', tcp: `127.0.0.1:${fixed}` }] })],
       });
       const first = await startAgent(config);
-      const status = (await control(first.socket, { method: 'status' })).result as { apps: { generation: { pid: number } }[] };
+      const status = (await control(first.socket, { method: 'status' })).result as {
+        apps: { generation: { pid: number } }[];
+      };
       const port = listenerPort(status);
       const appPid = status.apps[0]!.generation.pid;
       first.proc.kill('SIGKILL');
@@ -125,17 +132,27 @@ describe('agent lifecycle', () => {
       try {
         await second.waitFor((r) => r.phase === 'adopted', 'adopted');
         const s2 = (await control(second.socket, { method: 'status' })).result as {
-          apps: { generation: { pid: number }; warning?: string; listeners: { origin?: string }[] }[];
+          apps: {
+            generation: { pid: number };
+            warning?: string;
+            listeners: { origin?: string }[];
+          }[];
         };
         assert.equal(s2.apps[0]!.generation.pid, appPid);
         assert.match(s2.apps[0]!.warning ?? '', /cold switch/);
         assert.equal(s2.apps[0]!.listeners[0]!.origin, undefined);
 
-        const { result } = await control(second.socket, { method: 'deploy', app: 'web', releaseDir: v2! });
+        const { result } = await control(second.socket, {
+          method: 'deploy',
+          app: 'web',
+          releaseDir: v2!,
+        });
         assert.equal((result as { cold: boolean }).cold, true);
         assert.match((await get(port)).body, /^v2 /);
         await waitGone(appPid);
-        const s3 = (await control(second.socket, { method: 'status' })).result as { apps: { warning?: string }[] };
+        const s3 = (await control(second.socket, { method: 'status' })).result as {
+          apps: { warning?: string }[];
+        };
         assert.equal(s3.apps[0]!.warning, undefined);
       } finally {
         await second.stop();
@@ -148,12 +165,18 @@ describe('agent lifecycle', () => {
   it('under socket activation a restarted agent gets the listener back and hands over with zero drops', async () => {
     const tmp = await tempDir();
     // The test plays systemd: it binds and listens (never accepting) and passes fd 3 to each agent.
-    const held = await openListener({ name: 'http', tcp: { host: '127.0.0.1', port: 0, family: 4 }, backlog: 511 });
+    const held = await openListener({
+      name: 'http',
+      tcp: { host: '127.0.0.1', port: 0, family: 4 },
+      backlog: 511,
+    });
     try {
       const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
       const config = await writeConfig(tmp.dir, {
         stateDir: './state',
-        apps: [webApp({ release: v1, listeners: [{ name: 'http', tcp: `127.0.0.1:${held.port}` }] })],
+        apps: [
+          webApp({ release: v1, listeners: [{ name: 'http', tcp: `127.0.0.1:${held.port}` }] }),
+        ],
       });
       const activation = { env: { LISTEN_FDS: '1', LISTEN_FDNAMES: 'web/http' }, stdio: [held.fd] };
       const first = await startAgent(config, activation);
@@ -167,7 +190,11 @@ describe('agent lifecycle', () => {
       const second = await startAgent(config, activation);
       try {
         await second.waitFor((r) => r.phase === 'adopted', 'adopted');
-        const { result } = await control(second.socket, { method: 'deploy', app: 'web', releaseDir: v2! });
+        const { result } = await control(second.socket, {
+          method: 'deploy',
+          app: 'web',
+          releaseDir: v2!,
+        });
         assert.equal((result as { cold: boolean }).cold, false);
         const r = await traffic.stop();
         assert.deepEqual(r.errors, {});
@@ -187,7 +214,10 @@ describe('agent lifecycle', () => {
     const tmp = await tempDir();
     try {
       const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
-      const config = await writeConfig(tmp.dir, { stateDir: './state', apps: [webApp({ release: v1 })] });
+      const config = await writeConfig(tmp.dir, {
+        stateDir: './state',
+        apps: [webApp({ release: v1 })],
+      });
       const first = await startAgent(config);
       const port = listenerPort((await control(first.socket, { method: 'status' })).result);
       const traffic = load(port, { workers: 8, keepAlive: true });
@@ -203,7 +233,11 @@ describe('agent lifecycle', () => {
         assert.equal(s.pid, newPid);
         assert.equal(s.apps[0]!.listeners[0]!.origin, 'inherited');
         assert.equal(s.apps[0]!.warning, undefined);
-        const deployed = await control(first.socket, { method: 'deploy', app: 'web', releaseDir: v2! });
+        const deployed = await control(first.socket, {
+          method: 'deploy',
+          app: 'web',
+          releaseDir: v2!,
+        });
         assert.equal((deployed.result as { cold: boolean }).cold, false);
         const r = await traffic.stop();
         assert.deepEqual(r.errors, {});
@@ -228,7 +262,10 @@ describe('agent lifecycle', () => {
         apps: [
           webApp({
             release: v1,
-            command: ['python3', path.join(path.dirname(CLI), '../../../test/fixtures/python_app.py')],
+            command: [
+              'python3',
+              path.join(path.dirname(CLI), '../../../test/fixtures/python_app.py'),
+            ],
           }),
         ],
       });
@@ -262,7 +299,9 @@ describe('agent lifecycle', () => {
       const agent = await startAgent(config);
       try {
         const body = await new Promise<string>((resolve, reject) => {
-          const c = net.connect(sock, () => c.end('GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'));
+          const c = net.connect(sock, () =>
+            c.end('GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n'),
+          );
           let data = '';
           c.setEncoding('utf8').on('data', (d: string) => (data += d));
           c.on('end', () => resolve(data));
@@ -272,7 +311,11 @@ describe('agent lifecycle', () => {
       } finally {
         await agent.stop();
       }
-      const v6 = await openListener({ name: 'v6', tcp: { host: '::1', port: 0, family: 6 }, backlog: 16 });
+      const v6 = await openListener({
+        name: 'v6',
+        tcp: { host: '::1', port: 0, family: 6 },
+        backlog: 16,
+      });
       assert.match(v6.address, /^\[::1\]:\d+$/);
       v6.close();
     } finally {
@@ -280,4 +323,3 @@ describe('agent lifecycle', () => {
     }
   });
 });
-

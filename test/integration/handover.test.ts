@@ -1,6 +1,17 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import { control, get, listenerPort, load, releases, startAgent, tempDir, webApp, writeConfig, type RunningAgent } from '../support/harness.js';
+import {
+  control,
+  get,
+  listenerPort,
+  load,
+  releases,
+  startAgent,
+  tempDir,
+  webApp,
+  writeConfig,
+  type RunningAgent,
+} from '../support/harness.js';
 
 describe('handover under concurrent requests', () => {
   let tmp: Awaited<ReturnType<typeof tempDir>>;
@@ -11,7 +22,10 @@ describe('handover under concurrent requests', () => {
   before(async () => {
     tmp = await tempDir();
     dirs = await releases(tmp.dir, 'v1', 'v2', 'v3');
-    const config = await writeConfig(tmp.dir, { stateDir: './state', apps: [webApp({ release: dirs[0] })] });
+    const config = await writeConfig(tmp.dir, {
+      stateDir: './state',
+      apps: [webApp({ release: dirs[0] })],
+    });
     agent = await startAgent(config);
     port = listenerPort((await control(agent.socket, { method: 'status' })).result);
   });
@@ -25,7 +39,11 @@ describe('handover under concurrent requests', () => {
       const traffic = load(port, { workers: 16, keepAlive });
       // Hand over three times while the load runs: v2, v3, and back to v1.
       for (const dir of [dirs[1]!, dirs[2]!, dirs[0]!]) {
-        const { result } = await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: dir });
+        const { result } = await control(agent.socket, {
+          method: 'deploy',
+          app: 'web',
+          releaseDir: dir,
+        });
         assert.equal((result as { drained: string }).drained, 'exited');
       }
       const r = await traffic.stop();
@@ -34,15 +52,32 @@ describe('handover under concurrent requests', () => {
       assert.equal(r.ok, r.sent);
       assert.ok(r.sent > 100, `load too thin to mean anything: ${r.sent} requests`);
       // Both old and new versions answered during the run, and the last one serves now.
-      assert.ok(r.bodies.has('v2') && r.bodies.has('v3'), `versions seen: ${[...r.bodies].join(',')}`);
+      assert.ok(
+        r.bodies.has('v2') && r.bodies.has('v3'),
+        `versions seen: ${[...r.bodies].join(',')}`,
+      );
       assert.match((await get(port)).body, /^v1 /);
     });
   }
 
   it('streams every phase of a deploy, in order', async () => {
-    const { events, result } = await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: dirs[1]!, releaseId: 'v2-again' });
-    const phases = events.filter((e) => e.type === 'phase').map((e) => (e as { phase: string }).phase);
-    assert.deepEqual(phases, ['generation-started', 'ready', 'switched', 'draining', 'drained', 'done']);
+    const { events, result } = await control(agent.socket, {
+      method: 'deploy',
+      app: 'web',
+      releaseDir: dirs[1]!,
+      releaseId: 'v2-again',
+    });
+    const phases = events
+      .filter((e) => e.type === 'phase')
+      .map((e) => (e as { phase: string }).phase);
+    assert.deepEqual(phases, [
+      'generation-started',
+      'ready',
+      'switched',
+      'draining',
+      'drained',
+      'done',
+    ]);
     assert.equal((result as { releaseId: string }).releaseId, 'v2-again');
   });
 
@@ -57,7 +92,9 @@ describe('handover under concurrent requests', () => {
 
   it('keeps the previous release in status', async () => {
     const { result } = await control(agent.socket, { method: 'status' });
-    const app = (result as { apps: { release: { id: string }; previous: { id: string }; state: string }[] }).apps[0]!;
+    const app = (
+      result as { apps: { release: { id: string }; previous: { id: string }; state: string }[] }
+    ).apps[0]!;
     assert.equal(app.state, 'running');
     assert.equal(app.release.id, 'v2-again');
     assert.equal(app.previous.id, 'v1');

@@ -15,7 +15,9 @@ export const FIXTURES = path.join(ROOT, 'test/fixtures');
 /** A generous deadline that only fails a hung test; never a timing assertion. */
 export const HUNG_MS = 30_000;
 
-export async function tempDir(prefix = 'baton-test-'): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+export async function tempDir(
+  prefix = 'baton-test-',
+): Promise<{ dir: string; cleanup: () => Promise<void> }> {
   const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }
@@ -55,7 +57,10 @@ export interface RunningAgent {
   output: string[];
   socket: string;
   /** Resolves with the first logged record matching, waiting for it if need be. */
-  waitFor(pred: (rec: Record<string, unknown>) => boolean, what: string): Promise<Record<string, unknown>>;
+  waitFor(
+    pred: (rec: Record<string, unknown>) => boolean,
+    what: string,
+  ): Promise<Record<string, unknown>>;
   exited: Promise<number | null>;
   /** SIGTERM and wait for exit. */
   stop(): Promise<number | null>;
@@ -64,7 +69,11 @@ export interface RunningAgent {
 /** Runs `baton agent run` as a real child process and follows its JSON-lines log. */
 export async function startAgent(
   configFile: string,
-  opts: { env?: NodeJS.ProcessEnv; stdio?: (number | 'pipe' | 'ignore')[]; expectFailure?: boolean } = {},
+  opts: {
+    env?: NodeJS.ProcessEnv;
+    stdio?: (number | 'pipe' | 'ignore')[];
+    expectFailure?: boolean;
+  } = {},
 ): Promise<RunningAgent> {
   const extra = opts.stdio ?? [];
   const proc = spawn(process.execPath, [CLI, 'agent', 'run', '--config', configFile], {
@@ -73,7 +82,10 @@ export async function startAgent(
   });
   const records: Record<string, unknown>[] = [];
   const output: string[] = [];
-  const waiters: { pred: (r: Record<string, unknown>) => boolean; resolve: (r: Record<string, unknown>) => void }[] = [];
+  const waiters: {
+    pred: (r: Record<string, unknown>) => boolean;
+    resolve: (r: Record<string, unknown>) => void;
+  }[] = [];
   let buffered = '';
   proc.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
     buffered += chunk;
@@ -88,14 +100,19 @@ export async function startAgent(
         continue;
       }
       records.push(rec);
-      for (const w of [...waiters]) if (w.pred(rec)) {
-        waiters.splice(waiters.indexOf(w), 1);
-        w.resolve(rec);
-      }
+      for (const w of [...waiters])
+        if (w.pred(rec)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(rec);
+        }
     }
   });
-  proc.stderr!.setEncoding('utf8').on('data', (chunk: string) => output.push(...chunk.trimEnd().split('\n')));
-  const exited = new Promise<number | null>((resolve) => proc.once('exit', (code) => resolve(code)));
+  proc
+    .stderr!.setEncoding('utf8')
+    .on('data', (chunk: string) => output.push(...chunk.trimEnd().split('\n')));
+  const exited = new Promise<number | null>((resolve) =>
+    proc.once('exit', (code) => resolve(code)),
+  );
   const waitFor = (pred: (r: Record<string, unknown>) => boolean, what: string) => {
     const found = records.find(pred);
     if (found) return Promise.resolve(found);
@@ -104,7 +121,9 @@ export async function startAgent(
       `agent log: ${what}\n${output.slice(-30).join('\n')}`,
     );
   };
-  const config = JSON.parse(await (await import('node:fs/promises')).readFile(configFile, 'utf8')) as { stateDir: string };
+  const config = JSON.parse(
+    await (await import('node:fs/promises')).readFile(configFile, 'utf8'),
+  ) as { stateDir: string };
   const agent: RunningAgent = {
     proc,
     pid: proc.pid!,
@@ -148,11 +167,17 @@ export async function control(
   body: Parameters<typeof controlRequest>[1],
 ): Promise<{ result: unknown; events: SupervisorEvent[] }> {
   const events: SupervisorEvent[] = [];
-  const result = await withDeadline(controlRequest(socket, body, (e) => events.push(e)), `control ${body.method}`);
+  const result = await withDeadline(
+    controlRequest(socket, body, (e) => events.push(e)),
+    `control ${body.method}`,
+  );
   return { result, events };
 }
 
-export async function controlError(socket: string, body: Parameters<typeof controlRequest>[1]): Promise<{ code: string; message: string; lines: readonly string[] }> {
+export async function controlError(
+  socket: string,
+  body: Parameters<typeof controlRequest>[1],
+): Promise<{ code: string; message: string; lines: readonly string[] }> {
   try {
     await control(socket, body);
   } catch (err) {
@@ -162,7 +187,11 @@ export async function controlError(socket: string, body: Parameters<typeof contr
   throw new Error(`control ${body.method} succeeded but was expected to fail`);
 }
 
-export function get(port: number, pathName = '/', agent: http.Agent | false = false): Promise<{ status: number; body: string }> {
+export function get(
+  port: number,
+  pathName = '/',
+  agent: http.Agent | false = false,
+): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = http.get({ host: '127.0.0.1', port, path: pathName, agent }, (res) => {
       let body = '';
@@ -186,7 +215,10 @@ export interface LoadResult {
  * Bounded load: `workers` loops sending GETs until `stop()` or `maxRequests`, counting every
  * failure by kind. Keep-alive (one agent per worker) or a new connection per request.
  */
-export function load(port: number, opts: { workers: number; keepAlive: boolean; maxRequests?: number }) {
+export function load(
+  port: number,
+  opts: { workers: number; keepAlive: boolean; maxRequests?: number },
+) {
   const result: LoadResult = { sent: 0, ok: 0, non2xx: 0, errors: {}, bodies: new Set() };
   let stopped = false;
   const max = opts.maxRequests ?? 200_000;
