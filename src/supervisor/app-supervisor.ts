@@ -145,7 +145,7 @@ export class AppSupervisor {
         `app ${this.app.name} has no release yet: set "release" in its config or deploy one`,
       );
     await checkReleaseDir(release.dir);
-    await this.hook('start', release.dir, release.id);
+    await this.hook('start', release.dir, release.id, this.appState.previous?.id);
     this.deploying = 'initial start';
     try {
       const gen = await this.launch(release);
@@ -177,7 +177,7 @@ export class AppSupervisor {
       await checkReleaseDir(release.dir);
       const old = this.current && !this.current.hasExited ? this.current : undefined;
       const previous = this.appState.current;
-      await this.hook('beforeRestart', release.dir, release.id);
+      await this.hook('beforeRestart', release.dir, release.id, previous?.id);
       const cold = this.listeners === undefined;
       let drained: DeployResult['drained'] = 'none';
       if (cold && old) drained = await this.drain(old);
@@ -191,9 +191,11 @@ export class AppSupervisor {
       }
       await this.promote(gen, release, true);
       if (old && !cold) drained = await this.drain(old);
-      await this.hook('afterRestart', release.dir, release.id).catch((err: unknown) => {
-        this.lastError = errorMessage(err);
-      });
+      await this.hook('afterRestart', release.dir, release.id, previous?.id).catch(
+        (err: unknown) => {
+          this.lastError = errorMessage(err);
+        },
+      );
       const durationMs = Date.now() - started;
       report(this.reporter, {
         type: 'phase',
@@ -243,7 +245,12 @@ export class AppSupervisor {
     const gen = this.current;
     if (gen) await this.drain(gen);
     const release = this.appState.current;
-    await this.hook('stop', release?.dir ?? process.cwd(), release?.id).catch(() => undefined);
+    await this.hook(
+      'stop',
+      release?.dir ?? process.cwd(),
+      release?.id,
+      this.appState.previous?.id,
+    ).catch(() => undefined);
     await this.state.update((s) => {
       delete s.apps[this.app.name]?.generation;
     });
@@ -268,12 +275,18 @@ export class AppSupervisor {
     if (this.current?.hasExited) this.scheduleRestart();
   }
 
-  private async hook(name: HookName, cwd: string, releaseId: string | undefined): Promise<void> {
+  /** `previousReleaseId` is the release a deploy moves away from (for beforeRestart and afterRestart alike). */
+  private async hook(
+    name: HookName,
+    cwd: string,
+    releaseId: string | undefined,
+    previousReleaseId: string | undefined,
+  ): Promise<void> {
     await runHook(name, this.app.hooks[name], {
       app: this.app,
       cwd,
       releaseId,
-      previousReleaseId: this.appState.current?.id,
+      previousReleaseId,
       reporter: this.reporter,
     });
   }

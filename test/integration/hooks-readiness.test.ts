@@ -1,0 +1,168 @@
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import {
+  control,
+  controlError,
+  get,
+  listenerPort,
+  releases,
+  startAgent,
+  tempDir,
+  webApp,
+  writeConfig,
+} from '../support/harness.js';
+
+describe('lifecycle hooks', () => {
+  it('run start, beforeRestart, afterRestart and stop in order, with release ids in their environment', async () => {
+    const tmp = await tempDir();
+    try {
+      const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
+      const trail = path.join(tmp.dir, 'trail');
+      const record = (name: string) =>
+        `echo "${name} $BATON_RELEASE_ID prev=$BATON_PREVIOUS_RELEASE_ID cwd=$(basename "$PWD")" >> ${trail}`;
+      const config = await writeConfig(tmp.dir, {
+        stateDir: './state',
+        apps: [
+          webApp({
+            release: v1,
+            hooks: {
+              start: record('start'),
+              beforeRestart: record('beforeRestart'),
+              afterRestart: record('afterRestart'),
+              stop: record('stop'),
+            },
+          }),
+        ],
+      });
+      const agent = await startAgent(config);
+      const { events } = await control(agent.socket, {
+        method: 'deploy',
+        app: 'web',
+        releaseDir: v2!,
+      });
+      assert.equal(await agent.stop(), 0);
+      const lines = (await readFile(trail, 'utf8')).trim().split('\n');
+      assert.deepEqual(lines, [
+        'start v1 prev= cwd=v1',
+        'beforeRestart v2 prev=v1 cwd=v2',
+        'afterRestart v2 prev=v1 cwd=v2',
+        'stop v2 prev=v1 cwd=v2',
+      ]);
+      // afterRestart runs only once the old generation has drained.
+      const phases = events
+        .filter((e) => e.type === 'phase')
+        .map((e) => `${e.phase}${'hook' in e && e.hook ? `:${e.hook}` : ''}`);
+      assert.ok(
+        phases.indexOf('drained') < phases.indexOf('hook-started:afterRestart'),
+        phases.join(' '),
+      );
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+
+  it('a hook that outlives its timeout is killed and the deploy fails with HOOK_TIMEOUT, old version serving', async () => {
+    const tmp = await tempDir();
+    try {
+      const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
+      const config = await writeConfig(tmp.dir, {
+        stateDir: './state',
+        apps: [
+          webApp({
+            release: v1,
+            hooks: { beforeRestart: { run: 'echo waiting; sleep 60', timeoutMs: 500 } },
+          }),
+        ],
+      });
+      const agent = await startAgent(config);
+      try {
+        const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+        const err = await controlError(agent.socket, {
+          method: 'deploy',
+          app: 'web',
+          releaseDir: v2!,
+        });
+        assert.equal(err.code, 'HOOK_TIMEOUT');
+        assert.deepEqual(err.lines, ['waiting']);
+        assert.match((await get(port)).body, /^v1 1 /);
+      } finally {
+        await agent.stop();
+      }
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+});
+
+describe('readiness', () => {
+  it('http: the agent checks a port private to the new generation before switching', async () => {
+    const tmp = await tempDir();
+    try {
+      const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
+      const config = await writeConfig(tmp.dir, {
+        stateDir: './state',
+        apps: [
+          webApp({ release: v1, readiness: { type: 'http', path: '/healthz', timeoutMs: 10_000 } }),
+        ],
+      });
+      const agent = await startAgent(config);
+      try {
+        const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+        const { events } = await control(agent.socket, {
+          method: 'deploy',
+          app: 'web',
+          releaseDir: v2!,
+        });
+        assert.ok(events.some((e) => e.type === 'phase' && e.phase === 'ready'));
+        assert.match((await get(port)).body, /^v2 2 /);
+      } finally {
+        await agent.stop();
+      }
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+
+  it('delay: a generation alive after the delay counts as ready', async () => {
+    const tmp = await tempDir();
+    try {
+      const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
+      const config = await writeConfig(tmp.dir, {
+        stateDir: './state',
+        apps: [webApp({ release: v1, readiness: { type: 'delay', ms: 300 } })],
+      });
+      const agent = await startAgent(config);
+      try {
+        const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+        await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: v2! });
+        assert.match((await get(port)).body, /^v2 2 /);
+      } finally {
+        await agent.stop();
+      }
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+
+  it('SIGHUP to the agent reloads every app', async () => {
+    const tmp = await tempDir();
+    try {
+      const [v1] = await releases(tmp.dir, 'v1');
+      const agent = await startAgent(
+        await writeConfig(tmp.dir, { stateDir: './state', apps: [webApp({ release: v1 })] }),
+      );
+      try {
+        const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+        agent.proc.kill('SIGHUP');
+        await agent.waitFor((r) => r.phase === 'done' && r.generation === 2, 'reload done');
+        assert.match((await get(port)).body, /^v1 2 /);
+      } finally {
+        await agent.stop();
+      }
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+});
