@@ -1,0 +1,138 @@
+import assert from 'node:assert/strict';
+import { appendFile, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { PassThrough } from 'node:stream';
+import { describe, it } from 'node:test';
+import { readLines } from '../../src/protocol/lines.js';
+import { inheritedFds } from '../../src/protocol/systemd.js';
+import { LogTail } from '../../src/supervisor/log-tail.js';
+import { claimPidFile, releasePidFile, runningAgentPid } from '../../src/supervisor/pid-file.js';
+import { resolveCommand } from '../../src/supervisor/process-util.js';
+import { StateFile } from '../../src/supervisor/state.js';
+import { tempDir } from '../support/harness.js';
+
+describe('readLines', () => {
+  it('splits across chunks and stops at an overlong line', () => {
+    const stream = new PassThrough();
+    const lines: string[] = [];
+    let overflow = 0;
+    readLines(
+      stream,
+      10,
+      (l) => lines.push(l),
+      () => overflow++,
+    );
+    stream.write('ab');
+    stream.write('c\nde\n');
+    stream.write('x'.repeat(11));
+    stream.write('\nafter\n');
+    assert.deepEqual(lines, ['abc', 'de']);
+    assert.equal(overflow, 1);
+  });
+});
+
+describe('inheritedFds (systemd protocol)', () => {
+  it('maps names to fds from 3', () => {
+    const fds = inheritedFds({
+      LISTEN_FDS: '2',
+      LISTEN_FDNAMES: 'http:admin',
+      LISTEN_PID: String(process.pid),
+    });
+    assert.deepEqual(
+      [...fds],
+      [
+        ['http', 3],
+        ['admin', 4],
+      ],
+    );
+  });
+  it('ignores sockets meant for another pid', () => {
+    assert.equal(inheritedFds({ LISTEN_FDS: '1', LISTEN_PID: '1' }).size, 0);
+  });
+  it('names unnamed fds by number', () => {
+    assert.deepEqual([...inheritedFds({ LISTEN_FDS: '1' })], [['fd3', 3]]);
+  });
+});
+
+describe('LogTail', () => {
+  it('follows appended lines, keeps the last N, and cuts the file back past maxBytes', async () => {
+    const tmp = await tempDir();
+    try {
+      const file = path.join(tmp.dir, 'gen.log');
+      await writeFile(file, 'one\ntwo\n');
+      const seen: string[] = [];
+      const tail = new LogTail(file, 2, 64, (l) => seen.push(l));
+      await tail.start(10_000);
+      await tail.poll();
+      await appendFile(file, 'three\nfour');
+      await tail.poll();
+      assert.deepEqual(seen, ['one', 'two', 'three']);
+      assert.deepEqual(tail.lines(), ['two', 'three', 'four']);
+      await appendFile(file, '\n' + 'y'.repeat(100) + '\n');
+      await tail.poll();
+      assert.equal((await readFile(file, 'utf8')).length, 0, 'cut back');
+      await appendFile(file, 'five\n');
+      await tail.stop();
+      assert.deepEqual(seen.slice(-2), ['y'.repeat(100), 'five']);
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+});
+
+describe('StateFile', () => {
+  it('round-trips through an atomic write and rejects a damaged file with STATE_INVALID', async () => {
+    const tmp = await tempDir();
+    try {
+      const file = path.join(tmp.dir, 'state.json');
+      const a = new StateFile(file);
+      await a.update((s) => {
+        s.apps.web = { current: { id: 'v1', dir: '/srv/v1' }, nextGeneration: 4 };
+      });
+      const b = new StateFile(file);
+      assert.equal((await b.load()).apps.web!.current!.id, 'v1');
+      await writeFile(
+        file,
+        JSON.stringify({
+          version: 1,
+          agentPid: 1,
+          updatedAt: '',
+          apps: { web: { nextGeneration: 'x' } },
+        }),
+      );
+      await assert.rejects(new StateFile(file).load(), { code: 'STATE_INVALID' });
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+});
+
+describe('PID file', () => {
+  it('treats a dead pid as stale and refuses a live agent', async () => {
+    const tmp = await tempDir();
+    try {
+      const file = path.join(tmp.dir, 'agent.pid');
+      await writeFile(file, '999999\n');
+      assert.equal(await runningAgentPid(file), undefined);
+      await claimPidFile(file);
+      // This test process is not an agent by its command line, so its own pid reads as stale too.
+      assert.equal(Number((await readFile(file, 'utf8')).trim()), process.pid);
+      await releasePidFile(file);
+      await assert.rejects(readFile(file), { code: 'ENOENT' });
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+});
+
+describe('resolveCommand', () => {
+  it('finds a program on PATH and refuses a missing one with COMMAND_NOT_FOUND', async () => {
+    assert.match(await resolveCommand('sh', '/', '/usr/bin:/bin'), /^\/(usr\/)?bin\/sh$/);
+    await assert.rejects(resolveCommand('no-such-program-xyz', '/', '/usr/bin:/bin'), {
+      code: 'COMMAND_NOT_FOUND',
+    });
+    await assert.rejects(resolveCommand('./missing.sh', '/tmp', undefined), {
+      code: 'COMMAND_NOT_FOUND',
+    });
+  });
+});
