@@ -45,6 +45,8 @@ export class AppSupervisor {
   private deploying: string | undefined;
   private restartPending = false;
   private restarts = 0;
+  /** The deploy or restart under way, so that stop() can let it settle first. */
+  private inflight: Promise<unknown> = Promise.resolve();
   private backoffMs: number;
   private lastError: string | undefined;
   private stopped = false;
@@ -164,14 +166,23 @@ export class AppSupervisor {
   }
 
   /** Hands over to a new generation of `release`; the old one serves until the new one is ready. */
-  async deploy(release: Release, deployId = `deploy ${release.id}`): Promise<DeployResult> {
+  deploy(release: Release, deployId = `deploy ${release.id}`): Promise<DeployResult> {
     if (this.deploying)
-      throw new BatonError(
-        'DEPLOY_BUSY',
-        `busy: ${this.deploying} of ${this.app.name} in progress; try again when it ends`,
+      return Promise.reject(
+        new BatonError(
+          'DEPLOY_BUSY',
+          `busy: ${this.deploying} of ${this.app.name} in progress; try again when it ends`,
+        ),
       );
-    if (this.stopped) throw new BatonError('APP_UNKNOWN', `app ${this.app.name} is stopped`);
+    if (this.stopped)
+      return Promise.reject(new BatonError('APP_UNKNOWN', `app ${this.app.name} is stopped`));
     this.deploying = deployId;
+    const run = this.runDeploy(release);
+    this.inflight = run.catch(() => undefined);
+    return run;
+  }
+
+  private async runDeploy(release: Release): Promise<DeployResult> {
     const started = Date.now();
     try {
       await checkReleaseDir(release.dir);
@@ -227,7 +238,7 @@ export class AppSupervisor {
       throw err;
     } finally {
       this.deploying = undefined;
-      if (this.restartPending && !this.stopped) void this.restartLoop();
+      if (this.restartPending && !this.stopped) this.inflight = this.restartLoop();
     }
   }
 
@@ -242,6 +253,8 @@ export class AppSupervisor {
   /** Drains the serving generation, runs the stop hook and closes the listeners. */
   async stop(): Promise<void> {
     this.stopped = true;
+    // A deploy under way ends on its own deadlines; stopping halfway would orphan a generation.
+    await this.inflight;
     const gen = this.current;
     if (gen) await this.drain(gen);
     const release = this.appState.current;
@@ -389,7 +402,7 @@ export class AppSupervisor {
 
   private scheduleRestart(): void {
     this.restartPending = true;
-    if (!this.deploying) void this.restartLoop();
+    if (!this.deploying) this.inflight = this.restartLoop();
   }
 
   /** Restarts the current release with growing backoff until a generation is ready; listeners stay open meanwhile. */
@@ -398,6 +411,11 @@ export class AppSupervisor {
     this.deploying = 'crash restart';
     try {
       while (this.restartPending && !this.stopped && this.supervising) {
+        // A deploy that ran meanwhile may have put a live generation in place already.
+        if (this.current && !this.current.hasExited) {
+          this.restartPending = false;
+          return;
+        }
         const release = this.appState.current ?? this.configuredRelease();
         if (!release) return;
         const wait = this.backoffMs;

@@ -130,7 +130,8 @@ export class Generation {
     if (healthPort !== undefined) env.BATON_HEALTH_PORT = String(healthPort);
 
     const logFile = path.join(opts.logDir, `${app.name}.gen-${number}.log`);
-    const out = openSync(logFile, 'a', 0o640);
+    // 'w': a number reused after a lost state file must not replay another process's lines.
+    const out = openSync(logFile, 'w', 0o640);
     let child: ChildProcess;
     try {
       child = spawn(
