@@ -78,12 +78,12 @@ export class AppSupervisor {
       name: this.app.name,
       state: this.stopped
         ? 'stopped'
-        : this.deploying
-          ? 'deploying'
-          : gen && !gen.hasExited
-            ? 'running'
-            : this.restartPending
-              ? 'restarting'
+        : this.restartPending
+          ? 'restarting'
+          : this.deploying
+            ? 'deploying'
+            : gen && !gen.hasExited
+              ? 'running'
               : this.lastError
                 ? 'failed'
                 : 'starting',

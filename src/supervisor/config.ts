@@ -8,7 +8,8 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
 /** `host:port`, `[v6]:port` or a bare port; the host defaults to 127.0.0.1 so nothing listens beyond loopback by accident. */
 const TcpAddressSchema = z.string().transform((value, ctx) => {
-  const match = /^(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]+))?:?(\d{1,5})$/.exec(value);
+  // The colon is required whenever a host is given, so a host never swallows the port's digits.
+  const match = /^(?:(?:\[([0-9A-Fa-f:.]+)\]|([^:[\]]*)):)?(\d{1,5})$/.exec(value);
   const port = match ? Number(match[3]) : NaN;
   if (!match || port > 65535) {
     ctx.addIssue({
@@ -17,7 +18,7 @@ const TcpAddressSchema = z.string().transform((value, ctx) => {
     });
     return z.NEVER;
   }
-  const host = match[1] ?? match[2] ?? '127.0.0.1';
+  const host = match[1] || match[2] || '127.0.0.1';
   return { host, port, family: match[1] !== undefined ? (6 as const) : (4 as const) };
 });
 
