@@ -322,7 +322,11 @@ export class AppSupervisor {
     try {
       await gen.waitReady();
     } catch (err) {
-      await gen.stop('abort');
+      // A generation that missed its deadline may already have accepted connections on the
+      // shared socket: ask it to drain them like any old generation (SIGKILL at the deadline).
+      await gen.stop(
+        err instanceof BatonError && err.code === 'READINESS_TIMEOUT' ? 'drain' : 'abort',
+      );
       throw err;
     }
     report(this.reporter, {
