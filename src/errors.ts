@@ -22,7 +22,27 @@ export type ErrorCode =
   | 'AGENT_NOT_RUNNING'
   | 'CONTROL_FAILED'
   | 'STATE_INVALID'
-  | 'USAGE';
+  | 'USAGE'
+  // artifacts and the release store
+  | 'ARCHIVE_PATH_ESCAPE'
+  | 'ARCHIVE_ABSOLUTE_PATH'
+  | 'ARCHIVE_LINK_ESCAPE'
+  | 'ARCHIVE_HARDLINK'
+  | 'ARCHIVE_SPECIAL_FILE'
+  | 'ARCHIVE_SETUID'
+  | 'ARCHIVE_TOO_MANY_FILES'
+  | 'ARCHIVE_TOO_LARGE'
+  | 'ARCHIVE_RATIO'
+  | 'ARCHIVE_CORRUPT'
+  | 'DIGEST_MISMATCH'
+  | 'SIGNATURE_MISSING'
+  | 'SIGNATURE_INVALID'
+  | 'KEY_UNKNOWN'
+  | 'KEY_INVALID'
+  | 'MANIFEST_INVALID'
+  | 'APP_CONFIG_INVALID'
+  | 'RELEASE_UNKNOWN'
+  | 'RELEASE_EXISTS';
 
 export class BatonError extends Error {
   readonly code: ErrorCode;
