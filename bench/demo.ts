@@ -1,0 +1,150 @@
+// `npm run demo`: an agent on loopback, a deploy and a rollback under load, zero drops.
+// Starts a real `baton agent run` for the fixture app, sends traffic from 20 clients (half on
+// keep-alive connections, half with a new connection per request), deploys v2 and rolls back
+// to v1 while it runs, streams every phase, and exits 1 if a single request failed.
+import { formatEvent } from '../src/cli/agent-commands.js';
+import { controlRequest } from '../src/cli/control-client.js';
+import { errorMessage } from '../src/errors.js';
+import type { DeployResult } from '../src/supervisor/app-supervisor.js';
+import { byRelease, failures, mergeResults, startNodeLoad } from './node-client.js';
+import { fmtErrors, fmtInt } from './table.js';
+import { cleanupOnSignal } from './interrupt.js';
+import {
+  listenerPort,
+  releases,
+  startAgent,
+  tempDir,
+  webApp,
+  withDeadline,
+  writeConfig,
+  type RunningAgent,
+} from '../test/support/harness.js';
+
+const LOAD_MS = 8_000;
+const WORKERS_PER_KIND = 10;
+/** When, after the load starts, each handover begins. */
+const SCRIPT = [
+  { atMs: 2_000, release: 'v2', what: 'deploy v2' },
+  { atMs: 5_000, release: 'v1', what: 'roll back to v1' },
+] as const;
+
+const started = Date.now();
+const stamp = () => `[${((Date.now() - started) / 1000).toFixed(1).padStart(4)} s]`;
+const say = (text: string) => process.stdout.write(`${text}\n`);
+const sleepUntil = (t: number) =>
+  new Promise((resolve) => setTimeout(resolve, Math.max(0, t - Date.now())));
+
+async function main(): Promise<number> {
+  const tmp = await tempDir('baton-demo-');
+  let agent: RunningAgent | undefined;
+  let ok = true;
+  let cleaning: Promise<void> | undefined;
+  const cleanup = () =>
+    (cleaning ??= (async () => {
+      if (agent) {
+        say(`${stamp()} stopping the agent`);
+        await agent.stop().catch((err: unknown) => say(`stopping the agent: ${errorMessage(err)}`));
+      }
+      await tmp.cleanup();
+    })());
+  const signals = cleanupOnSignal(cleanup);
+  try {
+    const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
+    const dirs: Record<string, string> = { v1: v1!, v2: v2! };
+    const config = await writeConfig(tmp.dir, {
+      stateDir: './state',
+      apps: [webApp({ release: v1, listeners: [{ name: 'http', tcp: '127.0.0.1:0' }] })],
+    });
+    say(`${stamp()} starting: baton agent run --config ${config}`);
+    agent = await startAgent(config);
+    const port = listenerPort(
+      await withDeadline(controlRequest(agent.socket, { method: 'status' }), 'status'),
+    );
+    say(`${stamp()} agent pid ${agent.pid} holds 127.0.0.1:${port}; app "web" serves release v1`);
+    say(
+      `${stamp()} load: ${WORKERS_PER_KIND * 2} clients for ${LOAD_MS / 1000} s ` +
+        `(${WORKERS_PER_KIND} on keep-alive connections, ${WORKERS_PER_KIND} with a new connection per request)`,
+    );
+
+    const opts = { workers: WORKERS_PER_KIND, timeoutMs: 5_000, maxRequests: 2_000_000 };
+    const keepAlive = startNodeLoad(port, { ...opts, keepAlive: true });
+    const perRequest = startNodeLoad(port, { ...opts, keepAlive: false });
+    const loadStart = Date.now();
+    const ticker = setInterval(() => {
+      const r = [keepAlive.result, perRequest.result];
+      const answered = r.reduce((n, x) => n + x.answered, 0);
+      const failed = r.reduce((n, x) => n + failures(x), 0);
+      say(`${stamp()} load: ${fmtInt(answered)} answered, ${fmtInt(failed)} failed so far`);
+    }, 1_000);
+    try {
+      for (const step of SCRIPT) {
+        await sleepUntil(loadStart + step.atMs);
+        say(`${stamp()} ${step.what}`);
+        try {
+          const result = (await withDeadline(
+            controlRequest(
+              agent.socket,
+              { method: 'deploy', app: 'web', releaseDir: dirs[step.release]! },
+              (e) => say(`${stamp()}   ${formatEvent(e).trimStart()}`),
+            ),
+            step.what,
+          )) as DeployResult;
+          say(
+            `${stamp()} ${step.what}: release ${result.releaseId} serves as generation ${result.generation}, ` +
+              `handover took ${result.durationMs} ms, old generation ${result.drained}`,
+          );
+          if (result.cold || result.drained !== 'exited') ok = false;
+        } catch (err) {
+          say(`${stamp()} ${step.what} FAILED: ${errorMessage(err)}`);
+          ok = false;
+        }
+      }
+      await sleepUntil(loadStart + LOAD_MS);
+    } finally {
+      clearInterval(ticker);
+    }
+    const total = mergeResults(await keepAlive.stop(), await perRequest.stop());
+    const seen = byRelease(total);
+
+    const versions = [...seen]
+      .map(
+        ([release, x]) =>
+          `${release} ${fmtInt(x.answers)} (generation${x.generations.length > 1 ? 's' : ''} ${x.generations.join(', ')})`,
+      )
+      .join('; ');
+    const dropped = total.sent - total.answered + total.non2xx;
+    say('');
+    say('summary');
+    say(`  requests sent      ${fmtInt(total.sent)}`);
+    say(
+      `  answered           ${fmtInt(total.answered)}${total.non2xx ? ` (${fmtInt(total.non2xx)} not 2xx)` : ', all 2xx'}`,
+    );
+    say(`  failed             ${fmtErrors(total.errors)}`);
+    say(`  answered by        ${versions}`);
+    say(
+      dropped === 0
+        ? '  zero dropped: every request sent during the deploy and the rollback was answered'
+        : `  NOT zero dropped: ${fmtInt(dropped)} request(s) failed or were not 2xx`,
+    );
+    if (!ok) say('  a handover did not complete cleanly: see the lines above');
+    if (!seen.has('v2')) say('  v2 never answered: the deploy did not take effect');
+    if (dropped > 0 || total.sent === 0 || !seen.has('v2')) ok = false;
+  } catch (err) {
+    ok = false;
+    say(`demo failed: ${errorMessage(err)}`);
+  } finally {
+    await cleanup();
+    signals.dispose();
+  }
+  return ok ? 0 : 1;
+}
+
+main().then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: unknown) => {
+    process.stderr.write(`demo failed: ${errorMessage(err)}\n`);
+    process.exitCode = 1;
+  },
+);
