@@ -19,6 +19,11 @@ export interface ServeOptions {
   drainTimeoutMs?: number;
   /** How long an idle keep-alive connection is kept open after the drain starts. */
   idleGraceMs?: number;
+  /**
+   * Send busy keep-alive connections away one after another over this long instead of all at
+   * once, so the next generation takes the load over gradually (default 0: all at once).
+   */
+  drainSpreadMs?: number;
   /** Answers the agent's private readiness check (`http` readiness); 200 when not given. */
   health?: (req: http.IncomingMessage, res: http.ServerResponse) => void;
   /** Exit the process after the drain and onStop (default true, as a service stopped by SIGTERM does). */
@@ -83,6 +88,7 @@ export async function serve(server: http.Server, opts: ServeOptions = {}): Promi
       const outcome = await drainer.drain({
         idleGraceMs: opts.idleGraceMs ?? 500,
         deadlineMs: opts.drainTimeoutMs ?? 25_000,
+        spreadMs: opts.drainSpreadMs ?? 0,
       });
       await opts.onStop?.();
       if (opts.exitAfterDrain ?? true) process.exit(0);
