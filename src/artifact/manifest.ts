@@ -24,7 +24,13 @@ export const ManifestSchema = z
       })
       .strict(),
     git: z
-      .object({ sha: z.string().regex(/^[0-9a-f]{7,64}$/).optional(), ref: z.string().max(256).optional() })
+      .object({
+        sha: z
+          .string()
+          .regex(/^[0-9a-f]{7,64}$/)
+          .optional(),
+        ref: z.string().max(256).optional(),
+      })
       .strict()
       .optional(),
     run: z

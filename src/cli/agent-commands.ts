@@ -5,7 +5,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BatonError } from '../errors.js';
 import type { SupervisorEvent } from '../protocol/events.js';
-import { agentPaths, type AgentStatus } from '../supervisor/agent.js';
+import type { ReleaseInfo } from '../artifact/store.js';
+import { agentPaths, type AgentStatus, type StoreDeployResult } from '../supervisor/agent.js';
 import type { DeployResult } from '../supervisor/app-supervisor.js';
 import { loadAgentConfig } from '../supervisor/config.js';
 import { runningAgentPid } from '../supervisor/pid-file.js';
@@ -172,4 +173,57 @@ export async function agentUpgrade(configFile: string, out: Output): Promise<voi
     pid: number;
   };
   out.line(`agent upgraded: new agent pid ${result.pid}; apps kept serving`);
+}
+
+export async function agentDeployArtifact(
+  configFile: string,
+  opts: { app: string; archive: string; manifest: string; json: boolean; quiet: boolean },
+  out: Output,
+): Promise<void> {
+  const result = (await controlRequest(
+    await socketOf(configFile),
+    {
+      method: 'deploy-artifact',
+      app: opts.app,
+      archive: path.resolve(opts.archive),
+      manifest: path.resolve(opts.manifest),
+    },
+    (e) => !opts.json && !opts.quiet && out.line(formatEvent(e)),
+  )) as StoreDeployResult;
+  printResults([result], opts.json, out);
+  if (!opts.json && result.pruned.removed.length)
+    out.line(
+      `pruned ${result.pruned.removed.join(', ')} (${result.pruned.bytesFreed} bytes freed)`,
+    );
+}
+
+export async function agentRollback(
+  configFile: string,
+  opts: { app: string; to: string | undefined; json: boolean; quiet: boolean },
+  out: Output,
+): Promise<void> {
+  const result = (await controlRequest(
+    await socketOf(configFile),
+    { method: 'rollback', app: opts.app, to: opts.to },
+    (e) => !opts.json && !opts.quiet && out.line(formatEvent(e)),
+  )) as StoreDeployResult;
+  printResults([result], opts.json, out);
+}
+
+export async function agentReleases(
+  configFile: string,
+  app: string,
+  json: boolean,
+  out: Output,
+): Promise<void> {
+  const releases = (await controlRequest(await socketOf(configFile), {
+    method: 'releases',
+    app,
+  })) as ReleaseInfo[];
+  if (json) return out.json(releases);
+  if (releases.length === 0) return out.line(`${app}: no releases in the store`);
+  for (const r of releases)
+    out.line(
+      `${r.id.padEnd(28)} ${r.status.padEnd(8)} ${r.digest.slice(0, 12)}  ${r.createdAt}  ${r.gitSha ?? ''}${r.failedReason ? `  (${r.failedReason})` : ''}`,
+    );
 }

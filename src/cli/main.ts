@@ -1,8 +1,12 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
 import { BatonError, errorMessage } from '../errors.js';
+import { keygenCommand, packCommand } from './artifact-commands.js';
 import {
   agentDeploy,
+  agentDeployArtifact,
+  agentReleases,
+  agentRollback,
   agentReload,
   agentRun,
   agentStart,
@@ -12,16 +16,27 @@ import {
   type Output,
 } from './agent-commands.js';
 
-const USAGE = `usage: baton agent <command> [--config FILE]
-  run                       run the agent in the foreground
-  start                     start the agent in the background (PID file in its stateDir)
-  stop                      drain every app and stop the agent
-  status [--json]           show apps, releases, generations and listeners
-  reload [--app NAME]       hot restart of the current release (also: SIGHUP to the agent)
-  deploy --app NAME --release DIR [--id ID]
-                            hand over to a new release directory, zero drops
-  upgrade                   replace the agent process, apps keep serving
-options: --config FILE (default $BATON_CONFIG or /etc/baton/agent.yml), --json, --quiet`;
+const USAGE = `usage: baton <command>
+  keygen [--out DIR]                          write a signing key pair (DIR default .)
+  pack <dir|archive> --app NAME [--out DIR] [--key FILE] [--release-id ID] [--git-sha SHA]
+                                              make <release>.tar.gz and its signed manifest
+                                              (key also from $BATON_SIGNING_KEY)
+  agent <command> [--config FILE]             (default $BATON_CONFIG or /etc/baton/agent.yml)
+    run                       run the agent in the foreground
+    start                     start the agent in the background (PID file in its stateDir)
+    stop                      drain every app and stop the agent
+    status [--json]           show apps, releases, generations and listeners
+    reload [--app NAME]       hot restart of the current release (also: SIGHUP to the agent)
+    deploy --app NAME --release DIR [--id ID]
+                              hand over to a release directory on this host
+    deploy --app NAME --artifact FILE.tar.gz [--manifest FILE]
+                              verify, store, unpack and hand over to a packed artifact
+    rollback --app NAME [--to RELEASE]
+                              hand over to the previous (or a kept) release: no upload
+    releases --app NAME [--json]
+                              list the releases the host keeps
+    upgrade                   replace the agent process, apps keep serving
+options: --json, --quiet`;
 
 const out: Output = {
   line: (text) => process.stdout.write(text + '\n'),
@@ -39,14 +54,36 @@ async function main(argv: string[]): Promise<void> {
       app: { type: 'string' },
       release: { type: 'string' },
       id: { type: 'string' },
+      artifact: { type: 'string' },
+      manifest: { type: 'string' },
+      to: { type: 'string' },
+      out: { type: 'string' },
+      key: { type: 'string' },
+      'release-id': { type: 'string' },
+      'git-sha': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
     },
   });
   const [group, command] = positionals;
-  if (values.help || group !== 'agent' || !command) {
-    if (values.help) return out.line(USAGE);
-    throw new BatonError('USAGE', `expected "baton agent <command>"\n${USAGE}`);
+  if (values.help) return out.line(USAGE);
+  if (group === 'keygen') return keygenCommand(values.out ?? '.', out);
+  if (group === 'pack') {
+    if (!command || !values.app)
+      throw new BatonError('USAGE', `pack needs a directory or archive and --app NAME\n${USAGE}`);
+    await packCommand(
+      command,
+      {
+        app: values.app,
+        out: values.out ?? '.',
+        key: values.key,
+        releaseId: values['release-id'],
+        gitSha: values['git-sha'],
+      },
+      out,
+    );
+    return;
   }
+  if (group !== 'agent' || !command) throw new BatonError('USAGE', `expected a command\n${USAGE}`);
   const config = values.config ?? process.env.BATON_CONFIG ?? '/etc/baton/agent.yml';
   switch (command) {
     case 'run':
@@ -60,8 +97,24 @@ async function main(argv: string[]): Promise<void> {
     case 'reload':
       return agentReload(config, values.app, values.json, values.quiet, out);
     case 'deploy':
+      if (values.app && values.artifact)
+        return agentDeployArtifact(
+          config,
+          {
+            app: values.app,
+            archive: values.artifact,
+            manifest:
+              values.manifest ?? values.artifact.replace(/\.(tar\.gz|tgz)$/, '.manifest.json'),
+            json: values.json,
+            quiet: values.quiet,
+          },
+          out,
+        );
       if (!values.app || !values.release)
-        throw new BatonError('USAGE', 'deploy needs --app NAME and --release DIR');
+        throw new BatonError(
+          'USAGE',
+          'deploy needs --app NAME and --release DIR or --artifact FILE',
+        );
       return agentDeploy(
         config,
         {
@@ -73,6 +126,16 @@ async function main(argv: string[]): Promise<void> {
         },
         out,
       );
+    case 'rollback':
+      if (!values.app) throw new BatonError('USAGE', 'rollback needs --app NAME');
+      return agentRollback(
+        config,
+        { app: values.app, to: values.to, json: values.json, quiet: values.quiet },
+        out,
+      );
+    case 'releases':
+      if (!values.app) throw new BatonError('USAGE', 'releases needs --app NAME');
+      return agentReleases(config, values.app, values.json, out);
     case 'upgrade':
       return agentUpgrade(config, out);
     default:

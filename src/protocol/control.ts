@@ -21,6 +21,30 @@ export const ControlRequestSchema = z.discriminatedUnion('method', [
         .optional(),
     })
     .strict(),
+  z
+    .object({
+      id: Id,
+      method: z.literal('deploy-artifact'),
+      app: z.string().min(1),
+      /** Absolute path of a .tar.gz on the agent's host; copied into the store (free if it has it). */
+      archive: z.string().startsWith('/', 'archive must be an absolute path'),
+      /** Absolute path of its signed manifest (JSON, as `baton pack` writes it). */
+      manifest: z.string().startsWith('/', 'manifest must be an absolute path'),
+    })
+    .strict(),
+  z
+    .object({
+      id: Id,
+      method: z.literal('rollback'),
+      app: z.string().min(1),
+      /** A release the store keeps; the previous release when left out. */
+      to: z
+        .string()
+        .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/)
+        .optional(),
+    })
+    .strict(),
+  z.object({ id: Id, method: z.literal('releases'), app: z.string().min(1) }).strict(),
   z.object({ id: Id, method: z.literal('reload'), app: z.string().min(1).optional() }).strict(),
   z.object({ id: Id, method: z.literal('upgrade') }).strict(),
 ]);

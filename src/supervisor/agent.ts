@@ -1,8 +1,11 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir } from 'node:fs/promises';
+import { mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
-import { BatonError, errorCode } from '../errors.js';
+import type { SignedManifest } from '../artifact/manifest.js';
+import { MAX_MANIFEST_BYTES, parseSignedManifest } from '../artifact/sign.js';
+import { ReleaseStore, type ReleaseInfo } from '../artifact/store.js';
+import { BatonError, errorCode, errorMessage } from '../errors.js';
 import type { Reporter, SupervisorEvent } from '../protocol/events.js';
 import { AppSupervisor, type AppStatus, type DeployResult } from './app-supervisor.js';
 import type { AgentConfig, AppConfig } from './config.js';
@@ -29,6 +32,32 @@ export function agentPaths(stateDir: string): AgentPaths {
   };
 }
 
+export type StoreDeployResult = DeployResult & {
+  pruned: { removed: string[]; bytesFreed: number };
+};
+
+async function readSignedManifest(file: string): Promise<SignedManifest> {
+  const handle = await open(file, 'r').catch((err: unknown) => {
+    throw new BatonError('MANIFEST_INVALID', `cannot read manifest ${file}: ${errorMessage(err)}`);
+  });
+  try {
+    if ((await handle.stat()).size > MAX_MANIFEST_BYTES)
+      throw new BatonError(
+        'MANIFEST_INVALID',
+        `${file} is larger than ${MAX_MANIFEST_BYTES} bytes: not a manifest`,
+      );
+    let raw: unknown;
+    try {
+      raw = JSON.parse(await handle.readFile('utf8'));
+    } catch (err) {
+      throw new BatonError('MANIFEST_INVALID', `${file}: not JSON: ${errorMessage(err)}`);
+    }
+    return parseSignedManifest(raw, file);
+  } finally {
+    await handle.close();
+  }
+}
+
 export interface AgentStatus {
   pid: number;
   startedAt: string;
@@ -48,6 +77,7 @@ function fdName(app: AppConfig, listener: string): string {
 export class Agent {
   readonly paths: AgentPaths;
   private readonly apps = new Map<string, AppSupervisor>();
+  private readonly stores = new Map<string, ReleaseStore>();
   private readonly subscribers = new Set<Reporter>();
   private readonly state: StateFile;
   private readonly startedAt = new Date().toISOString();
@@ -94,6 +124,19 @@ export class Agent {
     } catch (err) {
       closeAll(opened);
       throw err;
+    }
+    for (const app of this.config.apps) {
+      const store = new ReleaseStore({
+        root: path.join(this.config.stateDir, 'apps', app.name),
+        app: app.name,
+        keep: app.keepReleases,
+        trustedKeys: this.config.trustedKeys,
+        allowUnsigned: this.config.allowUnsigned,
+        maxArchiveBytes: app.maxArchiveBytes,
+        limits: app.unpack,
+      });
+      await store.init();
+      this.stores.set(app.name, store);
     }
     for (const sup of this.apps.values()) {
       if (!(await sup.adopt())) await sup.start();
@@ -143,6 +186,70 @@ export class Agent {
     return this.supervisor(app).deploy(release);
   }
 
+  /**
+   * Deploys an artifact from this host's disk: into the store (free when it has the digest),
+   * verified, unpacked, then handed over like any release.
+   */
+  async deployArtifact(
+    app: string,
+    archive: string,
+    manifestFile: string,
+  ): Promise<StoreDeployResult> {
+    const sup = this.supervisor(app);
+    const store = this.stores.get(app)!;
+    const signed = await readSignedManifest(manifestFile);
+    const release = await store.add(archive, signed);
+    return this.deployStored(sup, store, release.id, release.dir, true);
+  }
+
+  /** Hands over to the previous release (or a named one) that the host still has: no upload. */
+  async rollback(app: string, to?: string): Promise<StoreDeployResult> {
+    const sup = this.supervisor(app);
+    const store = this.stores.get(app)!;
+    const { release: current, previous } = sup.status();
+    const id = to ?? previous?.id;
+    if (id === undefined)
+      throw new BatonError(
+        'RELEASE_UNKNOWN',
+        `${app} has no previous release to roll back to; name one with --to`,
+      );
+    if (id === current?.id)
+      throw new BatonError('RELEASE_UNKNOWN', `${id} is already the current release of ${app}`);
+    try {
+      const stored = await store.get(id);
+      return await this.deployStored(sup, store, stored.id, stored.dir, true);
+    } catch (err) {
+      // A release deployed from a plain directory is not in the store, but the state knows it.
+      if (errorCode(err) !== 'RELEASE_UNKNOWN' || previous?.id !== id) throw err;
+      return this.deployStored(sup, store, previous.id, previous.dir, false);
+    }
+  }
+
+  async releases(app: string): Promise<ReleaseInfo[]> {
+    const { release, previous } = this.supervisor(app).status();
+    return this.stores.get(app)!.list(release?.id, previous?.id);
+  }
+
+  private async deployStored(
+    sup: AppSupervisor,
+    store: ReleaseStore,
+    id: string,
+    dir: string,
+    inStore: boolean,
+  ): Promise<StoreDeployResult> {
+    let result: DeployResult;
+    try {
+      result = await sup.deploy({ id, dir });
+    } catch (err) {
+      if (inStore && errorCode(err) !== 'DEPLOY_BUSY')
+        await store.markFailed(id, errorMessage(err));
+      throw err;
+    }
+    const { release, previous } = sup.status();
+    const pruned = await store.prune(release?.id, previous?.id);
+    return { ...result, pruned };
+  }
+
   async reload(app?: string): Promise<DeployResult[]> {
     const targets = app !== undefined ? [this.supervisor(app)] : [...this.apps.values()];
     const results: DeployResult[] = [];
@@ -163,6 +270,12 @@ export class Agent {
    */
   async spawnSuccessor(argv: string[]): Promise<{ pid: number; done: () => Promise<void> }> {
     const sups = [...this.apps.values()];
+    const busy = sups.find((sup) => sup.status().deploy !== undefined);
+    if (busy)
+      throw new BatonError(
+        'DEPLOY_BUSY',
+        `busy: ${busy.status().deploy} of ${busy.app.name} in progress; upgrade the agent when it ends`,
+      );
     const names: string[] = [];
     const fds: number[] = [];
     for (const sup of sups) {

@@ -3,6 +3,7 @@ import { report, type Reporter } from '../protocol/events.js';
 import type { AppConfig } from './config.js';
 import { checkReleaseDir, Generation, type Release } from './generation.js';
 import { runHook, type HookName } from './hooks.js';
+import { configForRelease } from './release-config.js';
 import { closeAll, describeListener, openListener, type Listener } from './listeners.js';
 import { delay } from './process-util.js';
 import type { StateFile } from './state.js';
@@ -122,7 +123,8 @@ export class AppSupervisor {
   async adopt(): Promise<boolean> {
     const record = this.appState.generation;
     if (!record) return false;
-    const gen = await Generation.adopt(this.app, record, this.reporter);
+    const app = await configForRelease(this.app, record.releaseDir).catch(() => this.app);
+    const gen = await Generation.adopt(app, record, this.reporter);
     if (!gen) return false;
     this.current = gen;
     this.watch(gen);
@@ -258,12 +260,10 @@ export class AppSupervisor {
     const gen = this.current;
     if (gen) await this.drain(gen);
     const release = this.appState.current;
-    await this.hook(
-      'stop',
-      release?.dir ?? process.cwd(),
-      release?.id,
-      this.appState.previous?.id,
-    ).catch(() => undefined);
+    if (release)
+      await this.hook('stop', release.dir, release.id, this.appState.previous?.id).catch(
+        () => undefined,
+      );
     await this.state.update((s) => {
       delete s.apps[this.app.name]?.generation;
     });
@@ -295,8 +295,10 @@ export class AppSupervisor {
     releaseId: string | undefined,
     previousReleaseId: string | undefined,
   ): Promise<void> {
-    await runHook(name, this.app.hooks[name], {
-      app: this.app,
+    // The hooks of the release concerned (its baton.yml may bring its own); cwd is that release.
+    const app = await configForRelease(this.app, cwd);
+    await runHook(name, app.hooks[name], {
+      app,
       cwd,
       releaseId,
       previousReleaseId,
@@ -310,8 +312,9 @@ export class AppSupervisor {
     await this.state.update(() => {
       this.appState.nextGeneration = number + 1;
     });
+    const app = await configForRelease(this.app, release.dir);
     const gen = await Generation.start({
-      app: this.app,
+      app,
       number,
       release,
       listeners: this.listeners ?? [],
@@ -380,7 +383,7 @@ export class AppSupervisor {
       durationMs: Date.now() - started,
       detail:
         outcome === 'killed'
-          ? `did not exit within ${this.app.drain.timeoutMs} ms: killed`
+          ? `did not exit within ${gen.app.drain.timeoutMs} ms: killed`
           : gen.exitDescription(),
     });
     return outcome;

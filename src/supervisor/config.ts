@@ -140,6 +140,23 @@ export const AppSchema = z
     env: z.record(z.string(), z.string()).default({}),
     /** Log lines kept per generation and per hook run. */
     logLines: z.number().int().positive().max(100_000).default(200),
+    /** Releases kept on disk by the release store; current and previous are never pruned. */
+    keepReleases: z.number().int().min(2).max(1000).default(5),
+    /** Largest artifact accepted, in bytes. */
+    maxArchiveBytes: z
+      .number()
+      .int()
+      .positive()
+      .default(2 * 1024 ** 3),
+    /** Caps for unpacking an artifact: entries, unpacked bytes, compression ratio. */
+    unpack: z
+      .object({
+        maxFiles: z.number().int().positive().optional(),
+        maxBytes: z.number().int().positive().optional(),
+        maxRatio: z.number().positive().optional(),
+      })
+      .strict()
+      .default({}),
     /** A generation's log file is cut back once it grows past this. */
     maxLogBytes: z
       .number()
@@ -154,6 +171,19 @@ export const AgentConfigSchema = z
   .object({
     /** Where the agent keeps its PID file, state, control socket and logs. */
     stateDir: z.string().min(1),
+    /** Public keys (`ed25519:<base64>`, from `baton keygen`) whose signed artifacts are accepted. */
+    trustedKeys: z
+      .array(
+        z
+          .string()
+          .regex(
+            /^ed25519:[A-Za-z0-9+/]{43}=$/,
+            'expected ed25519:<base64 of 32 bytes>, as baton keygen writes it',
+          ),
+      )
+      .default([]),
+    /** Accept artifacts that carry no signature. Off unless said in as many words. */
+    allowUnsigned: z.boolean().default(false),
     apps: z.array(AppSchema).min(1),
   })
   .strict()

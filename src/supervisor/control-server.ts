@@ -147,6 +147,12 @@ export class ControlServer {
           id: req.releaseId ?? path.basename(req.releaseDir),
           dir: path.resolve(req.releaseDir),
         });
+      case 'deploy-artifact':
+        return this.agent.deployArtifact(req.app, req.archive, req.manifest);
+      case 'rollback':
+        return this.agent.rollback(req.app, req.to);
+      case 'releases':
+        return this.agent.releases(req.app);
       case 'reload':
         return this.agent.reload(req.app);
       case 'upgrade':
