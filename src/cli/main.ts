@@ -33,8 +33,9 @@ const USAGE = `usage: baton <command>
                               verify, store, unpack and hand over to a packed artifact
     rollback --app NAME [--to RELEASE]
                               hand over to the previous (or a kept) release: no upload
+                              (also: baton rollback)
     releases --app NAME [--json]
-                              list the releases the host keeps
+                              list the releases the host keeps (also: baton releases)
     upgrade                   replace the agent process, apps keep serving
 options: --json, --quiet`;
 
@@ -83,9 +84,13 @@ async function main(argv: string[]): Promise<void> {
     );
     return;
   }
-  if (group !== 'agent' || !command) throw new BatonError('USAGE', `expected a command\n${USAGE}`);
+  // `baton releases` and `baton rollback` speak to this host's agent, as `baton agent …` does.
+  if (group === 'releases' || group === 'rollback') positionals.splice(0, 0, 'agent');
+  const [, sub] = positionals;
+  if (positionals[0] !== 'agent' || !sub)
+    throw new BatonError('USAGE', `expected a command\n${USAGE}`);
   const config = values.config ?? process.env.BATON_CONFIG ?? '/etc/baton/agent.yml';
-  switch (command) {
+  switch (sub) {
     case 'run':
       return agentRun(config);
     case 'start':
@@ -139,7 +144,7 @@ async function main(argv: string[]): Promise<void> {
     case 'upgrade':
       return agentUpgrade(config, out);
     default:
-      throw new BatonError('USAGE', `unknown command "agent ${command}"\n${USAGE}`);
+      throw new BatonError('USAGE', `unknown command "agent ${sub}"\n${USAGE}`);
   }
 }
 
