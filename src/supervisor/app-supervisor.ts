@@ -228,15 +228,7 @@ export class AppSupervisor {
         durationMs,
       };
     } catch (err) {
-      this.lastError = errorMessage(err);
-      report(this.reporter, {
-        type: 'phase',
-        app: this.app.name,
-        phase: 'failed',
-        releaseId: release.id,
-        detail: errorMessage(err),
-        code: err instanceof BatonError ? err.code : undefined,
-      });
+      this.failed(release, err);
       throw err;
     } finally {
       this.deploying = undefined;
@@ -365,6 +357,19 @@ export class AppSupervisor {
     this.watch(gen);
   }
 
+  /** Remembers and reports why starting `release` failed. */
+  private failed(release: Release, err: unknown): void {
+    this.lastError = errorMessage(err);
+    report(this.reporter, {
+      type: 'phase',
+      app: this.app.name,
+      phase: 'failed',
+      releaseId: release.id,
+      detail: errorMessage(err),
+      code: err instanceof BatonError ? err.code : undefined,
+    });
+  }
+
   private async drain(gen: Generation): Promise<'exited' | 'killed'> {
     const started = Date.now();
     report(this.reporter, {
@@ -444,15 +449,7 @@ export class AppSupervisor {
           this.restartPending = false;
           await this.promote(gen, release, false);
         } catch (err) {
-          this.lastError = errorMessage(err);
-          report(this.reporter, {
-            type: 'phase',
-            app: this.app.name,
-            phase: 'failed',
-            releaseId: release.id,
-            detail: errorMessage(err),
-            code: err instanceof BatonError ? err.code : undefined,
-          });
+          this.failed(release, err);
         }
       }
     } finally {
