@@ -38,8 +38,14 @@ export const IGNORE_FILE = '.batonignore';
 const FIXED_MTIME = new Date(0);
 /** gzip's default, as `tar czf` uses: part of what makes the bytes reproducible. */
 const GZIP_LEVEL = 6;
-/** Read size per file while packing and hashing: bounds memory whatever the file sizes. */
-const CHUNK = 1024 * 1024;
+/**
+ * Read size while packing and listing. node-tar allocates a new buffer per read, and V8 frees
+ * dead buffers only after tens of MiB of them: smaller reads keep that garbage, and the peak RSS,
+ * lower (measured with bench/pack.ts: ~120 MiB at 128 KiB, ~140 at 1 MiB), at no cost in speed.
+ */
+const CHUNK = 128 * 1024;
+/** hashFile reads through one buffer it reuses, so this size costs no garbage. */
+const HASH_BUFFER = 1024 * 1024;
 
 /**
  * Packs `dir` into a gzip'd tar at `outFile`, streamed and hashed on the way, never held in
@@ -90,12 +96,12 @@ export async function packDirectory(
 /** Streaming sha256 and size of a file, through one reused buffer: memory stays flat. */
 export async function hashFile(file: string): Promise<{ sha256: string; size: number }> {
   const hash = createHash('sha256');
-  const buffer = Buffer.allocUnsafe(CHUNK);
+  const buffer = Buffer.allocUnsafe(HASH_BUFFER);
   let size = 0;
   const handle = await open(file, 'r');
   try {
     for (;;) {
-      const { bytesRead } = await handle.read(buffer, 0, CHUNK, null);
+      const { bytesRead } = await handle.read(buffer, 0, HASH_BUFFER, null);
       if (bytesRead === 0) break;
       hash.update(buffer.subarray(0, bytesRead));
       size += bytesRead;
