@@ -1,9 +1,10 @@
 import { createHash } from 'node:crypto';
 import { createReadStream, createWriteStream, type Stats } from 'node:fs';
-import { lstat, open, readFile, readdir, readlink, rename, rm, stat } from 'node:fs/promises';
+import { lstat, open, readdir, readlink, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { list, Pack, type ReadEntry } from 'tar';
+import { IGNORE_FILE, ignored, loadIgnoreRules, type IgnoreRule } from './ignore.js';
 import { BatonError, errorMessage } from '../errors.js';
 import {
   APP_CONFIG_FILE,
@@ -28,11 +29,6 @@ export interface PackResult {
   /** The validated `baton.yml` at the archive's root, when there is one. */
   config: AppDeployConfig | undefined;
 }
-
-/** Never packed: version control metadata is not part of a release. */
-export const DEFAULT_IGNORE: readonly string[] = ['.git'];
-/** One pattern per line at the packed directory's root; `#` starts a comment. */
-export const IGNORE_FILE = '.batonignore';
 
 /** Every entry gets this mtime, so the archive depends on content alone. */
 const FIXED_MTIME = new Date(0);
@@ -61,11 +57,7 @@ export async function packDirectory(
 ): Promise<PackResult> {
   const root = path.resolve(dir);
   const config = await readAppDeployConfig(root);
-  const rules = [
-    ...DEFAULT_IGNORE,
-    ...(opts.ignore ?? []),
-    ...(await readIgnoreFile(root)),
-  ].flatMap(compilePattern);
+  const rules = await loadIgnoreRules(root, opts.ignore ?? []);
   const statCache = new Map<string, Stats>();
   const entries = await walk(root, rules, path.resolve(outFile), statCache);
   if (entries.length === 0)
@@ -231,59 +223,6 @@ class ForgetfulMap<K, V> extends Map<K, V> {
   override set(): this {
     return this;
   }
-}
-
-const GLOB: Record<string, string> = { '**/': '(?:.*/)?', '**': '.*', '*': '[^/]*', '?': '[^/]' };
-
-interface IgnoreRule {
-  regex: RegExp;
-  /** Matches the path from the root; otherwise any entry's own name. */
-  anchored: boolean;
-  dirOnly: boolean;
-}
-
-async function readIgnoreFile(root: string): Promise<string[]> {
-  let text: string;
-  try {
-    text = await readFile(path.join(root, IGNORE_FILE), 'utf8');
-  } catch (err) {
-    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
-    throw err;
-  }
-  return text.split(/\r?\n/).map((line, i) => {
-    if (line.trim().startsWith('!'))
-      throw new BatonError(
-        'APP_CONFIG_INVALID',
-        `${path.join(root, IGNORE_FILE)}:${i + 1}: negated patterns ("!") are not supported`,
-      );
-    return line;
-  });
-}
-
-/**
- * gitignore-like, simplified: `name` or `*.ext` match an entry's own name at any depth; a pattern
- * with a `/` inside matches the path from the root; a trailing `/` matches directories only; `*`
- * and `?` stay within one name, `**` spans zero or more directories. Blank lines and `#` comments
- * are skipped.
- */
-function compilePattern(raw: string): IgnoreRule[] {
-  let p = raw.trim();
-  if (p === '' || p.startsWith('#')) return [];
-  const dirOnly = p.endsWith('/');
-  p = p.replace(/\/+$/, '');
-  const anchored = p.includes('/');
-  p = p.replace(/^\/+/, '');
-  if (p === '') return [];
-  const source = p
-    .split(/(\*\*\/|\*\*|\*|\?)/)
-    .map((part) => GLOB[part] ?? part.replace(/[.+^${}()|[\]\\]/g, '\\$&'))
-    .join('');
-  return [{ regex: new RegExp(`^${source}$`), anchored, dirOnly }];
-}
-
-function ignored(rules: readonly IgnoreRule[], rel: string, isDir: boolean): boolean {
-  const name = rel.slice(rel.lastIndexOf('/') + 1);
-  return rules.some((r) => (!r.dirOnly || isDir) && r.regex.test(r.anchored ? rel : name));
 }
 
 /**
