@@ -5,7 +5,6 @@ import { checkReleaseDir, Generation, type Release } from './generation.js';
 import { runHook, type HookName } from './hooks.js';
 import { configForRelease } from './release-config.js';
 import { closeAll, describeListener, openListener, type Listener } from './listeners.js';
-import { delay } from './process-util.js';
 import type { StateFile } from './state.js';
 
 export interface AppStatus {
@@ -48,6 +47,8 @@ export class AppSupervisor {
   private restarts = 0;
   /** The deploy or restart under way, so that stop() can let it settle first. */
   private inflight: Promise<unknown> = Promise.resolve();
+  /** Ends the current backoff wait early. */
+  private wake: (() => void) | undefined;
   private backoffMs: number;
   private lastError: string | undefined;
   private stopped = false;
@@ -247,6 +248,7 @@ export class AppSupervisor {
   /** Drains the serving generation, runs the stop hook and closes the listeners. */
   async stop(): Promise<void> {
     this.stopped = true;
+    this.wake?.();
     // A deploy under way ends on its own deadlines; stopping halfway would orphan a generation.
     await this.inflight;
     const gen = this.current;
@@ -357,6 +359,19 @@ export class AppSupervisor {
     this.watch(gen);
   }
 
+  /** A backoff wait that stop() can cut short. */
+  private sleep(ms: number): Promise<void> {
+    return new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.wake = undefined;
+        resolve();
+      };
+      const timer = setTimeout(done, ms);
+      this.wake = done;
+    });
+  }
+
   /** Remembers and reports why starting `release` failed. */
   private failed(release: Release, err: unknown): void {
     this.lastError = errorMessage(err);
@@ -439,7 +454,7 @@ export class AppSupervisor {
           releaseId: release.id,
           detail: `in ${wait} ms`,
         });
-        await delay(wait);
+        await this.sleep(wait);
         if (this.stopped || !this.supervising) return;
         try {
           if (!this.listeners)

@@ -155,3 +155,25 @@ describe('crash supervision', () => {
     assert.equal((await appStatus(agent.socket)).state, 'running');
   });
 });
+
+describe('stopping during a crash-restart backoff', () => {
+  it('cuts the backoff short: the agent stops instead of waiting it out', async () => {
+    const tmp = await tempDir();
+    try {
+      const v1 = await modeRelease(tmp.dir, 'v1', 'serve');
+      const agent = await startAgent(
+        await writeConfig(tmp.dir, {
+          stateDir: './state',
+          // A backoff far longer than the harness's hung-test deadline.
+          apps: [webApp({ command: BY_MODE, release: v1, restart: { initialBackoffMs: 600_000 } })],
+        }),
+      );
+      const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+      await get(port, '/crash');
+      await agent.waitFor((r: Rec) => r.phase === 'restarting', 'restarting');
+      assert.equal(await agent.stop(), 0);
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+});
