@@ -11,8 +11,11 @@ import { AppSupervisor, type AppStatus, type DeployResult } from './app-supervis
 import type { AgentConfig, AppConfig } from './config.js';
 import type { Release } from './generation.js';
 import { adoptListener, closeAll, inheritedFds, openListener, type Listener } from './listeners.js';
-import { isAlive } from './process-util.js';
+import { isAlive, signalGroup } from './process-util.js';
 import { StateFile } from './state.js';
+
+/** How long an upgrade waits for the new agent to adopt everything and say READY. */
+const UPGRADE_TIMEOUT_MS = 120_000;
 
 export interface AgentPaths {
   pidFile: string;
@@ -305,6 +308,7 @@ export class Agent {
       },
     );
     closeSync(out);
+    let timer: NodeJS.Timeout | undefined;
     try {
       await new Promise<void>((resolve, reject) => {
         let text = '';
@@ -324,10 +328,22 @@ export class Agent {
             ),
           ),
         );
+        // Never wait forever: a successor that hangs is killed and this agent carries on.
+        timer = setTimeout(() => {
+          if (child.pid) signalGroup(child.pid, 'SIGKILL');
+          reject(
+            new BatonError(
+              'CONTROL_FAILED',
+              `the new agent was not ready within ${UPGRADE_TIMEOUT_MS / 1000} s and was killed; see ${this.paths.agentLog}. This agent carries on.`,
+            ),
+          );
+        }, UPGRADE_TIMEOUT_MS);
       });
     } catch (err) {
       for (const sup of sups) sup.resume();
       throw err;
+    } finally {
+      clearTimeout(timer);
     }
     child.unref();
     (child.stdio[notifyFd] as NodeJS.ReadableStream & { destroy(): void }).destroy();

@@ -47,6 +47,7 @@ export class AppSupervisor {
   private restarts = 0;
   /** The deploy or restart under way, so that stop() can let it settle first. */
   private inflight: Promise<unknown> = Promise.resolve();
+  private restartWaiting = false;
   /** Ends the current backoff wait early. */
   private wake: (() => void) | undefined;
   private backoffMs: number;
@@ -169,7 +170,14 @@ export class AppSupervisor {
   }
 
   /** Hands over to a new generation of `release`; the old one serves until the new one is ready. */
-  deploy(release: Release, deployId = `deploy ${release.id}`): Promise<DeployResult> {
+  async deploy(release: Release, deployId = `deploy ${release.id}`): Promise<DeployResult> {
+    if (this.deploying === 'crash restart' && this.restartWaiting) {
+      // A deploy (a fix, a rollback) goes before waiting to restart what keeps failing; if it
+      // fails too, the restarts resume.
+      this.restartPending = false;
+      this.wake?.();
+      await this.inflight;
+    }
     if (this.deploying)
       return Promise.reject(
         new BatonError(
@@ -196,13 +204,7 @@ export class AppSupervisor {
       let drained: DeployResult['drained'] = 'none';
       if (cold && old) drained = await this.drain(old);
       if (cold) this.listeners = await Promise.all(this.app.listeners.map((l) => openListener(l)));
-      let gen: Generation;
-      try {
-        gen = await this.launch(release);
-      } catch (err) {
-        if (cold && previous) this.scheduleRestart();
-        throw err;
-      }
+      const gen = await this.launch(release);
       await this.promote(gen, release, true);
       if (old && !cold) drained = await this.drain(old);
       await this.hook('afterRestart', release.dir, release.id, previous?.id).catch(
@@ -233,6 +235,8 @@ export class AppSupervisor {
       throw err;
     } finally {
       this.deploying = undefined;
+      // Nothing serving after this deploy (a cold switch that failed, a crash meanwhile): restart.
+      if (!this.current || this.current.hasExited) this.restartPending = true;
       if (this.restartPending && !this.stopped) this.inflight = this.restartLoop();
     }
   }
@@ -339,15 +343,23 @@ export class AppSupervisor {
 
   /** Makes a ready generation the serving one and records it. */
   private async promote(gen: Generation, release: Release, moveCurrent: boolean): Promise<void> {
-    const before = this.appState.current;
+    const st = this.appState;
+    const saved = { current: st.current, previous: st.previous, generation: st.generation };
+    try {
+      await this.state.update(() => {
+        if (moveCurrent && saved.current && saved.current.id !== release.id)
+          st.previous = saved.current;
+        st.current = release;
+        st.generation = gen.record;
+      });
+    } catch (err) {
+      // Not recorded, not switched: the new generation goes, the old one (if any) serves on.
+      Object.assign(st, saved);
+      await gen.stop('drain');
+      throw err;
+    }
     this.current = gen;
     this.lastError = undefined;
-    await this.state.update(() => {
-      const st = this.appState;
-      if (moveCurrent && before && before.id !== release.id) st.previous = before;
-      st.current = release;
-      st.generation = gen.record;
-    });
     report(this.reporter, {
       type: 'phase',
       app: this.app.name,
@@ -454,8 +466,10 @@ export class AppSupervisor {
           releaseId: release.id,
           detail: `in ${wait} ms`,
         });
+        this.restartWaiting = true;
         await this.sleep(wait);
-        if (this.stopped || !this.supervising) return;
+        this.restartWaiting = false;
+        if (this.stopped || !this.supervising || !this.restartPending) return;
         try {
           if (!this.listeners)
             this.listeners = await Promise.all(this.app.listeners.map((l) => openListener(l)));

@@ -14,6 +14,7 @@ import {
   childBaseEnv,
   delay,
   isAlive,
+  isZombie,
   processStartTime,
   resolveCommand,
   signalGroup,
@@ -69,14 +70,10 @@ export class Generation {
     private readonly tail: LogTail,
     private readonly healthPort: number | undefined,
     private readonly child: ChildProcess | undefined,
+    childExit: Promise<Exit> | undefined,
+    private readonly notifyFd: number,
   ) {
-    this.exited = child
-      ? new Promise<Exit>((resolve) => {
-          // 'exit', not 'close': output goes to a file and the notify pipe may be held open by
-          // a process the app forked; the main process's death is what matters here.
-          child.once('exit', (code, signal) => resolve({ code, signal }));
-        })
-      : this.pollExit();
+    this.exited = childExit ?? this.pollExit();
     void this.exited.then(async (exit) => {
       this.exitInfo = exit;
       await this.tail.stop();
@@ -133,6 +130,7 @@ export class Generation {
     // 'w': a number reused after a lost state file must not replay another process's lines.
     const out = openSync(logFile, 'w', 0o640);
     let child: ChildProcess;
+    let childExit: Promise<Exit>;
     try {
       child = spawn(
         '/bin/sh',
@@ -150,6 +148,12 @@ export class Generation {
           ],
         },
       );
+      // Listen for the exit before any await: an app that dies at once must not go unseen.
+      // 'exit', not 'close': output goes to a file and the notify pipe may be held open by a
+      // process the app forked; the main process's death is what matters here.
+      childExit = new Promise<Exit>((resolve) => {
+        child.once('exit', (code, signal) => resolve({ code, signal }));
+      });
       await new Promise<void>((resolve, reject) => {
         child.once('spawn', resolve);
         child.once('error', reject);
@@ -172,7 +176,7 @@ export class Generation {
       startedAt: new Date().toISOString(),
       logFile,
     };
-    const gen = new Generation(app, record, tail, healthPort, child);
+    const gen = new Generation(app, record, tail, healthPort, child, childExit, notifyFd);
     const notify = child.stdio[notifyFd];
     if (notify && 'on' in notify) gen.readNotify(notify as NodeJS.ReadableStream);
     report(reporter, {
@@ -199,13 +203,13 @@ export class Generation {
       report(reporter, { type: 'log', app: app.name, source: `gen-${record.number}`, line }),
     );
     await tail.start(100, false);
-    const gen = new Generation(app, record, tail, undefined, undefined);
+    const gen = new Generation(app, record, tail, undefined, undefined, undefined, -1);
     gen.ready = true;
     return gen;
   }
 
   private async pollExit(): Promise<Exit> {
-    while (isAlive(this.record.pid)) {
+    while (isAlive(this.record.pid) && !(await isZombie(this.record.pid))) {
       await delay(100);
       if (this.released) return new Promise<Exit>(() => undefined);
     }
@@ -216,7 +220,7 @@ export class Generation {
   async release(): Promise<void> {
     this.released = true;
     this.child?.unref();
-    const notify = this.child?.stdio[3 + this.app.listeners.length];
+    const notify = this.child?.stdio[this.notifyFd];
     if (notify && 'destroy' in notify) notify.destroy();
     await this.tail.stop();
   }

@@ -12,6 +12,15 @@ export function isAlive(pid: number): boolean {
   }
 }
 
+/**
+ * A process that has exited but was not reaped (its new parent, after the agent that started it
+ * died, may never reap it) still answers kill(pid, 0): it is gone all the same.
+ */
+export async function isZombie(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  return stat !== undefined && stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z');
+}
+
 /** Signals a whole process group; a group already gone is not an error. */
 export function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   try {

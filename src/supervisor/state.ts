@@ -76,12 +76,15 @@ export class StateFile {
     this.state.agentPid = process.pid;
     this.state.updatedAt = new Date().toISOString();
     const text = JSON.stringify(this.state, null, 2) + '\n';
-    this.writing = this.writing.then(async () => {
+    const write = async () => {
       await mkdir(path.dirname(this.file), { recursive: true, mode: 0o700 });
       const tmp = `${this.file}.${process.pid}.tmp`;
       await writeFile(tmp, text, { mode: 0o600 });
       await rename(tmp, this.file);
-    });
-    return this.writing;
+    };
+    // A failed write fails its caller only: the next one still runs (and writes the whole state).
+    const run = this.writing.then(write, write);
+    this.writing = run.catch(() => undefined);
+    return run;
   }
 }
