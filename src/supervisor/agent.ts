@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
-import { mkdir, open } from 'node:fs/promises';
+import { chmod, mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
 import type { SignedManifest } from '../artifact/manifest.js';
 import { MAX_MANIFEST_BYTES, parseSignedManifest } from '../artifact/sign.js';
@@ -109,6 +109,8 @@ export class Agent {
   /** Opens (or takes over) every listener, then adopts running generations or starts new ones. */
   async start(): Promise<void> {
     await mkdir(this.config.stateDir, { recursive: true, mode: 0o700 });
+    // mkdir leaves an existing directory as it was: the control socket and state live here.
+    await chmod(this.config.stateDir, 0o700);
     await mkdir(this.paths.logDir, { recursive: true, mode: 0o700 });
     const saved = await this.state.load();
     const inherited = inheritedFds(this.env);

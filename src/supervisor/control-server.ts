@@ -37,13 +37,19 @@ export class ControlServer {
   async listen(file: string): Promise<void> {
     // The PID file is ours, so a socket file left here belongs to a dead or departed agent.
     await rm(file, { force: true });
-    await new Promise<void>((resolve, reject) => {
-      this.server.once('error', reject);
-      this.server.listen(file, () => {
-        this.server.off('error', reject);
-        resolve();
+    // The socket file is created 0600 from the start (umask), not loosened until a chmod.
+    const umask = process.umask(0o177);
+    try {
+      await new Promise<void>((resolve, reject) => {
+        this.server.once('error', reject);
+        this.server.listen(file, () => {
+          this.server.off('error', reject);
+          resolve();
+        });
       });
-    });
+    } finally {
+      process.umask(umask);
+    }
     await chmod(file, 0o600);
     this.file = file;
   }
