@@ -9,6 +9,7 @@ import { isAlive } from '../../src/supervisor/process-util.js';
 import {
   CLI,
   control,
+  FIXTURES,
   freePort,
   get,
   listenerPort,
@@ -18,6 +19,7 @@ import {
   tempDir,
   webApp,
   withDeadline,
+  withWebAgent,
   writeConfig,
 } from '../support/harness.js';
 
@@ -253,39 +255,20 @@ describe('agent lifecycle', () => {
     }
   });
 
-  it('a Python app adopts the socket and hands over to its next generation with zero drops', async () => {
-    const tmp = await tempDir();
-    try {
-      const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
-      const config = await writeConfig(tmp.dir, {
-        stateDir: './state',
-        apps: [
-          webApp({
-            release: v1,
-            command: [
-              'python3',
-              path.join(path.dirname(CLI), '../../../test/fixtures/python_app.py'),
-            ],
-          }),
-        ],
-      });
-      const agent = await startAgent(config);
-      try {
-        const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+  it('a Python app adopts the socket and hands over to its next generation with zero drops', () =>
+    withWebAgent(
+      ['v1', 'v2'],
+      { command: ['python3', path.join(FIXTURES, 'python_app.py')] },
+      async ({ agent, port, dirs }) => {
         assert.match((await get(port)).body, /^python v1 /);
         const traffic = load(port, { workers: 8, keepAlive: false });
-        await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: v2! });
+        await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: dirs.v2! });
         const r = await traffic.stop();
         assert.deepEqual(r.errors, {});
         assert.equal(r.ok, r.sent);
         assert.match((await get(port)).body, /^python v2 /);
-      } finally {
-        await agent.stop();
-      }
-    } finally {
-      await tmp.cleanup();
-    }
-  });
+      },
+    ));
 
   it('serves a Unix socket listener and an IPv6 one', async () => {
     const tmp = await tempDir();

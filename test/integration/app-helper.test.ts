@@ -8,29 +8,16 @@ import {
   FIXTURES,
   freePort,
   get,
-  listenerPort,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
   withDeadline,
-  writeConfig,
+  withWebAgent,
 } from '../support/harness.js';
 
 describe('app helper (baton/app)', () => {
-  it('drain lets a long request finish and closes an idle keep-alive connection cleanly', async () => {
-    const tmp = await tempDir();
-    try {
-      const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
-      const config = await writeConfig(tmp.dir, {
-        stateDir: './state',
-        apps: [
-          webApp({ release: v1, env: { FIXTURE_SLOW_MS: '1500', FIXTURE_IDLE_GRACE_MS: '200' } }),
-        ],
-      });
-      const agent = await startAgent(config);
-      try {
-        const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+  it('drain lets a long request finish and closes an idle keep-alive connection cleanly', () =>
+    withWebAgent(
+      ['v1', 'v2'],
+      { env: { FIXTURE_SLOW_MS: '1500', FIXTURE_IDLE_GRACE_MS: '200' } },
+      async ({ agent, port, dirs }) => {
         // An idle keep-alive connection, left open after one request.
         const keepAlive = new http.Agent({ keepAlive: true, maxSockets: 1 });
         assert.match((await get(port, '/', keepAlive)).body, /^v1 /);
@@ -45,20 +32,15 @@ describe('app helper (baton/app)', () => {
           (r) => r.type === 'log' && String(r.line).startsWith('serving v1'),
           'v1 serving',
         );
-        await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: v2! });
+        await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: dirs.v2! });
         const answered = await withDeadline(slow, 'slow request');
         assert.equal(answered.status, 200);
         assert.match(answered.body, /^v1 /, 'the old generation finished what it had');
         assert.equal(await withDeadline(idleEnded, 'idle socket close'), 'closed');
         assert.match((await get(port)).body, /^v2 /);
         keepAlive.destroy();
-      } finally {
-        await agent.stop();
-      }
-    } finally {
-      await tmp.cleanup();
-    }
-  });
+      },
+    ));
 
   it('falls back to an ordinary listen() when not run by an agent', async () => {
     const port = await freePort();

@@ -6,11 +6,11 @@ import {
   control,
   controlError,
   get,
-  listenerPort,
   releases,
   startAgent,
   tempDir,
   webApp,
+  withWebAgent,
   writeConfig,
 } from '../support/harness.js';
 
@@ -63,106 +63,53 @@ describe('lifecycle hooks', () => {
     }
   });
 
-  it('a hook that outlives its timeout is killed and the deploy fails with HOOK_TIMEOUT, old version serving', async () => {
-    const tmp = await tempDir();
-    try {
-      const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
-      const config = await writeConfig(tmp.dir, {
-        stateDir: './state',
-        apps: [
-          webApp({
-            release: v1,
-            hooks: { beforeRestart: { run: 'echo waiting; sleep 60', timeoutMs: 500 } },
-          }),
-        ],
-      });
-      const agent = await startAgent(config);
-      try {
-        const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+  it('a hook that outlives its timeout is killed and the deploy fails with HOOK_TIMEOUT, old version serving', () =>
+    withWebAgent(
+      ['v1', 'v2'],
+      { hooks: { beforeRestart: { run: 'echo waiting; sleep 60', timeoutMs: 500 } } },
+      async ({ agent, port, dirs }) => {
         const err = await controlError(agent.socket, {
           method: 'deploy',
           app: 'web',
-          releaseDir: v2!,
+          releaseDir: dirs.v2!,
         });
         assert.equal(err.code, 'HOOK_TIMEOUT');
         assert.deepEqual(err.lines, ['waiting']);
         assert.match((await get(port)).body, /^v1 1 /);
-      } finally {
-        await agent.stop();
-      }
-    } finally {
-      await tmp.cleanup();
-    }
-  });
+      },
+    ));
 });
 
 describe('readiness', () => {
-  it('http: the agent checks a port private to the new generation before switching', async () => {
-    const tmp = await tempDir();
-    try {
-      const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
-      const config = await writeConfig(tmp.dir, {
-        stateDir: './state',
-        apps: [
-          webApp({ release: v1, readiness: { type: 'http', path: '/healthz', timeoutMs: 10_000 } }),
-        ],
-      });
-      const agent = await startAgent(config);
-      try {
-        const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+  it('http: the agent checks a port private to the new generation before switching', () =>
+    withWebAgent(
+      ['v1', 'v2'],
+      { readiness: { type: 'http', path: '/healthz', timeoutMs: 10_000 } },
+      async ({ agent, port, dirs }) => {
         const { events } = await control(agent.socket, {
           method: 'deploy',
           app: 'web',
-          releaseDir: v2!,
+          releaseDir: dirs.v2!,
         });
         assert.ok(events.some((e) => e.type === 'phase' && e.phase === 'ready'));
         assert.match((await get(port)).body, /^v2 2 /);
-      } finally {
-        await agent.stop();
-      }
-    } finally {
-      await tmp.cleanup();
-    }
-  });
+      },
+    ));
 
-  it('delay: a generation alive after the delay counts as ready', async () => {
-    const tmp = await tempDir();
-    try {
-      const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
-      const config = await writeConfig(tmp.dir, {
-        stateDir: './state',
-        apps: [webApp({ release: v1, readiness: { type: 'delay', ms: 300 } })],
-      });
-      const agent = await startAgent(config);
-      try {
-        const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
-        await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: v2! });
+  it('delay: a generation alive after the delay counts as ready', () =>
+    withWebAgent(
+      ['v1', 'v2'],
+      { readiness: { type: 'delay', ms: 300 } },
+      async ({ agent, port, dirs }) => {
+        await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: dirs.v2! });
         assert.match((await get(port)).body, /^v2 2 /);
-      } finally {
-        await agent.stop();
-      }
-    } finally {
-      await tmp.cleanup();
-    }
-  });
+      },
+    ));
 
-  it('SIGHUP to the agent reloads every app', async () => {
-    const tmp = await tempDir();
-    try {
-      const [v1] = await releases(tmp.dir, 'v1');
-      const agent = await startAgent(
-        await writeConfig(tmp.dir, { stateDir: './state', apps: [webApp({ release: v1 })] }),
-      );
-      try {
-        const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
-        agent.proc.kill('SIGHUP');
-        await agent.waitFor((r) => r.phase === 'done' && r.generation === 2, 'reload done');
-        assert.match((await get(port)).body, /^v1 2 /);
-      } finally {
-        await agent.stop();
-      }
-    } finally {
-      await tmp.cleanup();
-    }
-  });
+  it('SIGHUP to the agent reloads every app', () =>
+    withWebAgent(['v1'], {}, async ({ agent, port }) => {
+      agent.proc.kill('SIGHUP');
+      await agent.waitFor((r) => r.phase === 'done' && r.generation === 2, 'reload done');
+      assert.match((await get(port)).body, /^v1 2 /);
+    }));
 });
