@@ -5,6 +5,9 @@ import { report, type Reporter } from '../protocol/events.js';
 import type { AppConfig, HookConfig } from './config.js';
 import { childBaseEnv, signalGroup } from './process-util.js';
 
+/** How long a hook's output may still flow after the hook exited. */
+const HOOK_OUTPUT_GRACE_MS = 1000;
+
 export type HookName = 'start' | 'stop' | 'beforeRestart' | 'afterRestart';
 
 export interface HookContext {
@@ -70,6 +73,15 @@ export async function runHook(
   }>((resolve) => {
     child.once('error', (error) => resolve({ code: null, signal: null, error }));
     child.once('close', (code, signal) => resolve({ code, signal }));
+    // 'close' waits for the output pipes, which a daemon the hook started (setsid, out of the
+    // process group a timeout kills) may hold open for ever: once the hook itself has exited,
+    // give its output a moment, then stop reading.
+    child.once('exit', () => {
+      setTimeout(() => {
+        child.stdout?.destroy();
+        child.stderr?.destroy();
+      }, HOOK_OUTPUT_GRACE_MS).unref();
+    });
   });
   clearTimeout(timer);
   const durationMs = Date.now() - started;

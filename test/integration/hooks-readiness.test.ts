@@ -113,3 +113,21 @@ describe('readiness', () => {
       assert.match((await get(port)).body, /^v1 2 /);
     }));
 });
+
+describe('a hook that leaves a daemon behind', () => {
+  it('still finishes: the daemon holding its output does not hold the deploy', () =>
+    withWebAgent(
+      ['v1', 'v2'],
+      // The daemon escapes the hook's process group and keeps stdout open for longer than the harness waits for a hung test.
+      { hooks: { beforeRestart: 'setsid sleep 45 & echo daemon started' } },
+      async ({ agent, port, dirs }) => {
+        const { events } = await control(agent.socket, {
+          method: 'deploy',
+          app: 'web',
+          releaseDir: dirs.v2!,
+        });
+        assert.ok(events.some((e) => e.type === 'log' && e.line === 'daemon started'));
+        assert.match((await get(port)).body, /^v2 /);
+      },
+    ));
+});
