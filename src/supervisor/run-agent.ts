@@ -30,12 +30,21 @@ export async function runAgent(
   const predecessor = Number(env.BATON_PREDECESSOR_PID) || undefined;
   await claimPidFile(paths.pidFile, predecessor);
   const agent = new Agent(config, configFile, jsonLine, env);
+  // A stop asked for while the apps start is kept for when they have: dying halfway would
+  // leave a generation that no state file records.
+  let stopAsked: NodeJS.Signals | undefined;
+  const askStop = (signal: NodeJS.Signals) => (stopAsked ??= signal);
+  process.on('SIGTERM', askStop);
+  process.on('SIGINT', askStop);
   try {
     await agent.start();
   } catch (err) {
     await agent.stop().catch(() => undefined);
     await releasePidFile(paths.pidFile);
     throw err;
+  } finally {
+    process.off('SIGTERM', askStop);
+    process.off('SIGINT', askStop);
   }
 
   let finish: (how: 'stopped' | 'handed-off') => void = () => undefined;
@@ -85,6 +94,7 @@ export async function runAgent(
   process.on('SIGINT', onStop);
   process.on('SIGHUP', onReload);
   process.on('SIGUSR2', onUpgrade);
+  if (stopAsked) onStop(stopAsked);
   jsonLine({
     type: 'agent',
     msg: 'ready',

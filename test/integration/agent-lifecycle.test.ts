@@ -306,3 +306,26 @@ describe('agent lifecycle', () => {
     }
   });
 });
+
+describe('a stop asked for while the agent starts', () => {
+  it('waits for the apps to start, then drains them: no generation is left behind', async () => {
+    const tmp = await tempDir();
+    try {
+      const [v1] = await releases(tmp.dir, 'v1');
+      const config = await writeConfig(tmp.dir, {
+        stateDir: './state',
+        apps: [webApp({ release: v1, env: { FIXTURE_START_DELAY_MS: '1500' } })],
+      });
+      const agent = await startAgent(config, { expectFailure: true });
+      const started = await agent.waitFor(
+        (r) => r.phase === 'generation-started',
+        'generation started',
+      );
+      agent.proc.kill('SIGTERM');
+      assert.equal(await withDeadline(agent.exited, 'agent exit'), 0);
+      await waitGone(started.pid as number);
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+});
