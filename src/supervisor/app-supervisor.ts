@@ -179,14 +179,16 @@ export class AppSupervisor {
       await this.inflight;
     }
     if (this.deploying)
-      return Promise.reject(
-        new BatonError(
-          'DEPLOY_BUSY',
-          `busy: ${this.deploying} of ${this.app.name} in progress; try again when it ends`,
-        ),
+      throw new BatonError(
+        'DEPLOY_BUSY',
+        `busy: ${this.deploying} of ${this.app.name} in progress; try again when it ends`,
       );
-    if (this.stopped)
-      return Promise.reject(new BatonError('APP_UNKNOWN', `app ${this.app.name} is stopped`));
+    if (this.stopped) throw new BatonError('APP_UNKNOWN', `app ${this.app.name} is stopped`);
+    if (!this.supervising)
+      throw new BatonError(
+        'DEPLOY_BUSY',
+        `busy: the agent is handing ${this.app.name} over to a new agent process; deploy again once the upgrade ends`,
+      );
     this.deploying = deployId;
     const run = this.runDeploy(release);
     this.inflight = run.catch(() => undefined);
