@@ -42,7 +42,26 @@ export type ErrorCode =
   | 'MANIFEST_INVALID'
   | 'APP_CONFIG_INVALID'
   | 'RELEASE_UNKNOWN'
-  | 'RELEASE_EXISTS';
+  | 'RELEASE_EXISTS'
+  // the channel between client and agent
+  | 'PROTOCOL_MISMATCH'
+  | 'PROTOCOL_VIOLATION'
+  | 'AUTH_FAILED'
+  | 'AUTH_RATE_LIMITED'
+  | 'AGENT_UNVERIFIED'
+  | 'TOKEN_INVALID'
+  | 'UPLOAD_INCOMPLETE'
+  | 'DEPLOY_UNKNOWN'
+  | 'DEPLOY_ABORTED'
+  | 'CONNECTION_LOST'
+  | 'CHANNEL_CONFIG_INVALID'
+  // SSH
+  | 'SSH_HOST_KEY_UNKNOWN'
+  | 'SSH_HOST_KEY_MISMATCH'
+  | 'SSH_AUTH_FAILED'
+  | 'SSH_CONNECT_FAILED'
+  | 'SSH_FORWARD_FAILED'
+  | 'SSH_KEY_INVALID';
 
 export class BatonError extends Error {
   readonly code: ErrorCode;
