@@ -40,6 +40,13 @@ export interface StoreOptions {
   limits?: Partial<UnpackLimits>;
 }
 
+/** Hears of each stage of an import as it ends, with its duration. */
+export type StepReporter = (
+  step: 'received' | 'verified' | 'unpacked',
+  durationMs: number,
+  detail: string,
+) => void;
+
 export interface StoredRelease {
   id: string;
   dir: string;
@@ -146,6 +153,32 @@ export class ReleaseStore {
     });
   }
 
+  /**
+   * Import from a remote client and prepare, as one step. The signature is checked first, so an
+   * untrusted artifact costs no upload; `source` is asked for the bytes only when the store lacks
+   * the digest. `step` hears of each stage as it ends.
+   */
+  addFrom(
+    signed: SignedManifest,
+    source: (bytes: number) => Readable,
+    step: StepReporter = () => undefined,
+  ): Promise<StoredRelease & { uploadedBytes: number }> {
+    return this.exclusive(async () => {
+      this.checkManifest(signed);
+      const { archive } = signed.manifest;
+      let uploadedBytes = 0;
+      const started = Date.now();
+      if (await this.hasArchive(archive.sha256)) {
+        step('received', Date.now() - started, 'the host has this archive already: nothing sent');
+      } else {
+        await this.receive(source(archive.size), archive);
+        uploadedBytes = archive.size;
+        step('received', Date.now() - started, `${archive.size} bytes`);
+      }
+      return { ...(await this.prepare(signed, step)), uploadedBytes };
+    });
+  }
+
   private queue: Promise<unknown> = Promise.resolve();
 
   /** Runs store changes one at a time, so a prune never removes what an import is writing. */
@@ -155,11 +188,8 @@ export class ReleaseStore {
     return run;
   }
 
-  /**
-   * Verifies signature and digest, then unpacks into releases/<id>/. Idempotent: a release that
-   * is already there with the same digest is returned as it is.
-   */
-  async prepare(signed: SignedManifest): Promise<StoredRelease> {
+  /** Signature against the trusted keys, and the app it is for: cheap, so done before any upload. */
+  checkManifest(signed: SignedManifest): Manifest {
     const manifest = verifyManifest(signed, [...this.opts.trustedKeys], {
       allowUnsigned: this.opts.allowUnsigned,
     });
@@ -168,6 +198,18 @@ export class ReleaseStore {
         'MANIFEST_INVALID',
         `artifact is for app "${manifest.app}", not "${this.opts.app}"`,
       );
+    return manifest;
+  }
+
+  /**
+   * Verifies signature and digest, then unpacks into releases/<id>/. Idempotent: a release that
+   * is already there with the same digest is returned as it is.
+   */
+  async prepare(
+    signed: SignedManifest,
+    step: StepReporter = () => undefined,
+  ): Promise<StoredRelease> {
+    const manifest = this.checkManifest(signed);
     const dir = path.join(this.releases, manifest.releaseId);
     const existing = await this.record(manifest.releaseId);
     if (existing) {
@@ -176,7 +218,10 @@ export class ReleaseStore {
           'RELEASE_EXISTS',
           `release ${manifest.releaseId} already exists with other contents; give the new build another release id`,
         );
-      if (await stat(dir).catch(() => undefined)) return { id: manifest.releaseId, dir, manifest };
+      if (await stat(dir).catch(() => undefined)) {
+        step('unpacked', 0, `${dir} (unpacked before)`);
+        return { id: manifest.releaseId, dir, manifest };
+      }
     }
     const archive = this.archivePath(manifest.archive.sha256);
     if (!(await this.hasArchive(manifest.archive.sha256)))
@@ -184,9 +229,13 @@ export class ReleaseStore {
         'RELEASE_UNKNOWN',
         `the store has no archive ${manifest.archive.sha256}; upload it first`,
       );
+    let started = Date.now();
     await verifyArchiveDigest(archive, manifest);
+    step('verified', Date.now() - started, 'signature and sha256');
+    started = Date.now();
     await rm(dir, { recursive: true, force: true });
     await unpackRelease(archive, dir, this.opts.limits);
+    step('unpacked', Date.now() - started, dir);
     const record: ReleaseRecord = {
       manifest,
       signature: signed.signature,

@@ -6,7 +6,25 @@ import { packInput } from '../artifact/pack.js';
 import { buildManifest, makeReleaseId } from '../artifact/release-id.js';
 import { signManifest } from '../artifact/sign.js';
 import { BatonError, errorMessage } from '../errors.js';
+import { makeToken } from '../transport/auth.js';
 import type { Output } from './agent-commands.js';
+
+/** `baton agent token`: a fresh channel token, written 0600 (never over an existing file) or printed. */
+export async function tokenCommand(file: string | undefined, out: Output): Promise<void> {
+  const token = makeToken();
+  if (file === undefined) return out.line(token);
+  try {
+    await writeFile(file, token + '\n', { mode: 0o600, flag: 'wx' });
+  } catch (err) {
+    throw new BatonError(
+      'USAGE',
+      `cannot write ${file}: ${errorMessage(err)} (an existing token is never overwritten)`,
+    );
+  }
+  out.line(
+    `token written to ${file}; set channel.tokenFile: ${path.resolve(file)} in the agent's config and give clients the same token (a repository secret)`,
+  );
+}
 
 export async function keygenCommand(outDir: string, out: Output): Promise<void> {
   const r = await keygen(outDir);

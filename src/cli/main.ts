@@ -1,7 +1,9 @@
 #!/usr/bin/env node
 import { parseArgs } from 'node:util';
 import { BatonError, errorMessage } from '../errors.js';
-import { keygenCommand, packCommand } from './artifact-commands.js';
+import { keygenCommand, packCommand, tokenCommand } from './artifact-commands.js';
+import { remoteDeploy, remoteQuery, remoteRollback } from './remote-commands.js';
+import { isRemote, REMOTE_OPTIONS, REMOTE_USAGE } from './remote-options.js';
 import {
   agentDeploy,
   agentDeployArtifact,
@@ -17,6 +19,15 @@ import {
 } from './agent-commands.js';
 
 const USAGE = `usage: baton <command>
+  deploy <dir|archive> --app NAME (--host USER@HOST | --agent URL) [--key FILE] [--manifest FILE]
+         [--release-id ID] [--git-sha SHA] [--deploy-id ID]
+                                              pack (a directory) and sign, upload if the host
+                                              lacks it, hand over; live progress
+  rollback --app NAME [--to RELEASE] (--host … | --agent …)
+                                              back to the previous (or a kept) release
+  releases --app NAME (--host … | --agent …)  the releases the host keeps
+  status (--host … | --agent …)               apps, releases, generations on the host
+    (rollback, releases and status without --host/--agent: this host's agent, as \`baton agent …\`)
   keygen [--out DIR]                          write a signing key pair (DIR default .)
   pack <dir|archive> --app NAME [--out DIR] [--key FILE] [--release-id ID] [--git-sha SHA]
                                               make <release>.tar.gz and its signed manifest
@@ -37,7 +48,9 @@ const USAGE = `usage: baton <command>
     releases --app NAME [--json]
                               list the releases the host keeps (also: baton releases)
     upgrade                   replace the agent process, apps keep serving
-options: --json, --quiet`;
+    token [--out FILE]        make a channel token (FILE written 0600; else printed)
+options: --json, --quiet
+${REMOTE_USAGE}`;
 
 const out: Output = {
   line: (text) => process.stdout.write(text + '\n'),
@@ -63,8 +76,10 @@ async function main(argv: string[]): Promise<void> {
       'release-id': { type: 'string' },
       'git-sha': { type: 'string' },
       help: { type: 'boolean', short: 'h', default: false },
+      ...REMOTE_OPTIONS,
     },
   });
+  const flags = { json: values.json, quiet: values.quiet };
   const [group, command] = positionals;
   if (values.help) return out.line(USAGE);
   if (group === 'keygen') return keygenCommand(values.out ?? '.', out);
@@ -84,8 +99,44 @@ async function main(argv: string[]): Promise<void> {
     );
     return;
   }
-  // `baton releases` and `baton rollback` speak to this host's agent, as `baton agent …` does.
-  if (group === 'releases' || group === 'rollback') positionals.splice(0, 0, 'agent');
+  if (group === 'deploy') {
+    if (!command || !values.app)
+      throw new BatonError('USAGE', `deploy needs a directory or archive and --app NAME\n${USAGE}`);
+    if (!isRemote(values))
+      throw new BatonError(
+        'USAGE',
+        "deploy needs --host USER@HOST or --agent URL (on the agent's own host: baton agent deploy)",
+      );
+    return remoteDeploy(
+      command,
+      {
+        app: values.app,
+        key: values.key,
+        manifest: values.manifest,
+        releaseId: values['release-id'],
+        gitSha: values['git-sha'],
+        remote: values,
+        ...flags,
+      },
+      out,
+    );
+  }
+  if (isRemote(values) && (group === 'rollback' || group === 'releases' || group === 'status')) {
+    if (group === 'rollback') {
+      if (!values.app) throw new BatonError('USAGE', 'rollback needs --app NAME');
+      return remoteRollback({ app: values.app, to: values.to, remote: values, ...flags }, out);
+    }
+    if (group === 'releases' && !values.app)
+      throw new BatonError('USAGE', 'releases needs --app NAME');
+    const result = await remoteQuery(
+      group === 'releases' ? { type: 'releases', app: values.app! } : { type: 'status' },
+      values,
+    );
+    return out.json(result);
+  }
+  // Without --host/--agent these speak to this host's agent, as `baton agent …` does.
+  if (group === 'releases' || group === 'rollback' || group === 'status')
+    positionals.splice(0, 0, 'agent');
   const [, sub] = positionals;
   if (positionals[0] !== 'agent' || !sub)
     throw new BatonError('USAGE', `expected a command\n${USAGE}`);
@@ -143,6 +194,8 @@ async function main(argv: string[]): Promise<void> {
       return agentReleases(config, values.app, values.json, out);
     case 'upgrade':
       return agentUpgrade(config, out);
+    case 'token':
+      return tokenCommand(values.out, out);
     default:
       throw new BatonError('USAGE', `unknown command "agent ${sub}"\n${USAGE}`);
   }

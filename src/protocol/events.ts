@@ -2,6 +2,9 @@ import { z } from 'zod';
 
 /** Steps of a handover, in the order they happen. */
 export const PhaseSchema = z.enum([
+  'received',
+  'verified',
+  'unpacked',
   'hook-started',
   'hook-finished',
   'generation-started',

@@ -2,11 +2,12 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync } from 'node:fs';
 import { chmod, mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import type { SignedManifest } from '../artifact/manifest.js';
 import { MAX_MANIFEST_BYTES, parseSignedManifest } from '../artifact/sign.js';
 import { ReleaseStore, type ReleaseInfo } from '../artifact/store.js';
 import { BatonError, errorCode, errorMessage } from '../errors.js';
-import type { Reporter, SupervisorEvent } from '../protocol/events.js';
+import { report, type Reporter, type SupervisorEvent } from '../protocol/events.js';
 import { AppSupervisor, type AppStatus, type DeployResult } from './app-supervisor.js';
 import type { AgentConfig, AppConfig } from './config.js';
 import type { Release } from './generation.js';
@@ -65,6 +66,8 @@ export interface AgentStatus {
   pid: number;
   startedAt: string;
   configFile: string;
+  /** The remote-deploy channel's port, when the config has a channel. */
+  channelPort: number | undefined;
   apps: AppStatus[];
 }
 
@@ -84,6 +87,8 @@ export class Agent {
   private readonly subscribers = new Set<Reporter>();
   private readonly state: StateFile;
   private readonly startedAt = new Date().toISOString();
+  /** Set by whoever runs the channel, so status can show its port. */
+  channelPort: () => number | undefined = () => undefined;
 
   constructor(
     readonly config: AgentConfig,
@@ -183,6 +188,7 @@ export class Agent {
       pid: process.pid,
       startedAt: this.startedAt,
       configFile: this.configFile,
+      channelPort: this.channelPort(),
       apps: [...this.apps.values()].map((s) => s.status()),
     };
   }
@@ -205,6 +211,29 @@ export class Agent {
     const signed = await readSignedManifest(manifestFile);
     const release = await store.add(archive, signed);
     return this.deployStored(sup, store, release.id, release.dir, true);
+  }
+
+  /**
+   * Deploys an artifact a remote client sends. The signature is checked before any byte moves;
+   * `source` is asked for the bytes only when the store lacks the digest. Each store stage is
+   * reported as a phase, like the handover's own.
+   */
+  async deployReceived(
+    app: string,
+    signed: SignedManifest,
+    source: (bytes: number) => Readable,
+  ): Promise<StoreDeployResult & { uploadedBytes: number }> {
+    const sup = this.supervisor(app);
+    const busy = sup.status().deploy;
+    if (busy !== undefined)
+      throw new BatonError('DEPLOY_BUSY', `busy: ${busy} of ${app} in progress on this host`);
+    const store = this.stores.get(app)!;
+    const releaseId = signed.manifest.releaseId;
+    const release = await store.addFrom(signed, source, (phase, durationMs, detail) =>
+      report(this.reporter, { type: 'phase', app, phase, releaseId, durationMs, detail }),
+    );
+    const result = await this.deployStored(sup, store, release.id, release.dir, true);
+    return { ...result, uploadedBytes: release.uploadedBytes };
   }
 
   /** Hands over to the previous release (or a named one) that the host still has: no upload. */

@@ -3,6 +3,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { BatonError, errorMessage } from '../errors.js';
+import { ChannelConfigSchema } from '../transport/channel-config.js';
 
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/;
 
@@ -185,6 +186,8 @@ export const AgentConfigSchema = z
     /** Accept artifacts that carry no signature. Off unless said in as many words. */
     allowUnsigned: z.boolean().default(false),
     apps: z.array(AppSchema).min(1),
+    /** Remote deploys over a WebSocket (through SSH, or wss://). No channel when left out. */
+    channel: ChannelConfigSchema.optional(),
   })
   .strict()
   .superRefine((cfg, ctx) => {

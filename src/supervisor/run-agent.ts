@@ -1,11 +1,12 @@
 import { mkdir } from 'node:fs/promises';
-import { errorMessage } from '../errors.js';
+import { BatonError, errorMessage } from '../errors.js';
 import type { SupervisorEvent } from '../protocol/events.js';
 import { notifyReady } from '../protocol/systemd.js';
 import { Agent, agentPaths } from './agent.js';
 import { loadAgentConfig } from './config.js';
 import { ControlServer } from './control-server.js';
 import { claimPidFile, releasePidFile } from './pid-file.js';
+import { ChannelServer, channelAgent } from '../transport/server.js';
 
 /** The agent's own log: one JSON object per line on stdout (a file when daemonized). */
 export function jsonLine(record: SupervisorEvent | Record<string, unknown>): void {
@@ -47,14 +48,35 @@ export async function runAgent(
     process.off('SIGINT', askStop);
   }
 
+  const channel = config.channel
+    ? new ChannelServer(config.channel, channelAgent(agent), config.stateDir, jsonLine)
+    : undefined;
+  if (channel) {
+    agent.channelPort = () => channel.port;
+    try {
+      await channel.listen();
+    } catch (err) {
+      await agent.stop().catch(() => undefined);
+      await releasePidFile(paths.pidFile);
+      throw err;
+    }
+  }
+
   let finish: (how: 'stopped' | 'handed-off') => void = () => undefined;
   const finished = new Promise<'stopped' | 'handed-off'>((resolve) => (finish = resolve));
   let upgrading = false;
   const control = new ControlServer(agent, {
     upgrade: async () => {
       if (upgrading) throw new Error('an upgrade is already in progress');
+      if (channel && channel.registry.activeCount > 0)
+        throw new BatonError(
+          'DEPLOY_BUSY',
+          'busy: a remote deploy is in progress; upgrade the agent when it ends',
+        );
       upgrading = true;
       await control.stopListening();
+      // The successor binds the channel's port itself: a client that connects meanwhile retries.
+      await channel?.stopListening();
       try {
         const successor = await agent.spawnSuccessor(successorArgv);
         jsonLine({ type: 'agent', msg: `handed over to new agent pid ${successor.pid}` });
@@ -63,6 +85,7 @@ export async function runAgent(
       } catch (err) {
         upgrading = false;
         await control.listen(paths.socket);
+        await channel?.resumeListening();
         throw err;
       }
     },
@@ -109,6 +132,7 @@ export async function runAgent(
   process.off('SIGHUP', onReload);
   process.off('SIGUSR2', onUpgrade);
   await control.close();
+  await channel?.close();
   if (how === 'stopped') await releasePidFile(paths.pidFile);
   jsonLine({
     type: 'agent',

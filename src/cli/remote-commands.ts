@@ -1,0 +1,169 @@
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import type { SignedManifest } from '../artifact/manifest.js';
+import { parseSignedManifest } from '../artifact/sign.js';
+import { BatonError, errorMessage } from '../errors.js';
+import type { DeployEvent, DeployOutcome } from '../protocol/channel.js';
+import { deployToHost, type HostPlan, type HostReporter } from '../deploy/host-deploy.js';
+import { AgentClient } from '../transport/client.js';
+import { formatEvent, type Output } from './agent-commands.js';
+import { packCommand } from './artifact-commands.js';
+import { Progress } from './progress.js';
+import { deployIdFor, originFromEnv, remoteTarget, type RemoteValues } from './remote-options.js';
+
+export interface RemoteFlags {
+  json: boolean;
+  quiet: boolean;
+}
+
+/** A directory is packed and signed here; an archive goes with the manifest beside it. */
+async function artifactFor(
+  input: string,
+  opts: { app: string; key?: string; manifest?: string; releaseId?: string; gitSha?: string },
+  out: Output,
+  env: NodeJS.ProcessEnv,
+): Promise<{ archive: string; signed: SignedManifest; cleanup: () => Promise<void> }> {
+  const manifestFile = opts.manifest ?? input.replace(/\.(tar\.gz|tgz)$/, '.manifest.json');
+  if (/\.(tar\.gz|tgz)$/.test(input) && existsSync(manifestFile)) {
+    const text = await readFile(manifestFile, 'utf8').catch((err: unknown) => {
+      throw new BatonError('MANIFEST_INVALID', `cannot read ${manifestFile}: ${errorMessage(err)}`);
+    });
+    return {
+      archive: input,
+      signed: parseSignedManifest(text, manifestFile),
+      cleanup: async () => {},
+    };
+  }
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'baton-deploy-'));
+  const packed = await packCommand(
+    input,
+    { app: opts.app, out: dir, key: opts.key, releaseId: opts.releaseId, gitSha: opts.gitSha },
+    out,
+    env,
+  );
+  const text = await readFile(packed.manifestFile, 'utf8');
+  return {
+    archive: packed.archive,
+    signed: parseSignedManifest(text, packed.manifestFile),
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  };
+}
+
+/** Prints a host's progress: phase lines, an upload bar, or JSON lines. */
+function reporterFor(flags: RemoteFlags, out: Output, host: string): HostReporter {
+  const progress = new Progress(process.stderr);
+  return {
+    event(event: DeployEvent) {
+      if (flags.json) return out.line(JSON.stringify({ type: 'event', host, event }));
+      if (event.type === 'progress')
+        return flags.quiet ? undefined : progress.update(event.bytes, event.total);
+      progress.done();
+      if (!flags.quiet) out.line(`[${host}] ${formatEvent(event)}`);
+    },
+    note(line) {
+      progress.done();
+      if (flags.json) out.line(JSON.stringify({ type: 'note', host, line }));
+      else process.stderr.write(`[${host}] ${line}\n`);
+    },
+  };
+}
+
+function finish(outcome: DeployOutcome, host: string, flags: RemoteFlags, out: Output): void {
+  if (flags.json) out.line(JSON.stringify({ type: 'result', host, outcome }));
+  else if (outcome.ok) {
+    const phases = Object.entries(outcome.phases)
+      .map(([k, ms]) => `${k} ${ms} ms`)
+      .join(', ');
+    out.line(
+      `[${host}] ${outcome.kind} ${outcome.deployId}: ${outcome.app} now runs ${outcome.releaseId} (generation ${outcome.generation}${outcome.cold ? ', cold switch' : ''}); ${outcome.uploadedBytes} bytes sent, ${outcome.totalMs} ms`,
+    );
+    if (!flags.quiet) out.line(`[${host}]   ${phases}`);
+  }
+  if (!outcome.ok) {
+    const err = outcome.error!;
+    throw new BatonError(
+      err.code as never,
+      `${outcome.kind} ${outcome.deployId} on ${host} failed; ${outcome.app} keeps its running release. ${err.message}`,
+      err.lines,
+    );
+  }
+}
+
+/** `baton deploy <dir|archive> --app NAME (--host … | --agent …)`. */
+export async function remoteDeploy(
+  input: string,
+  opts: {
+    app: string;
+    key?: string;
+    manifest?: string;
+    releaseId?: string;
+    gitSha?: string;
+    remote: RemoteValues;
+  } & RemoteFlags,
+  out: Output,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<void> {
+  const quietOut: Output = opts.json || opts.quiet ? { line: () => {}, json: () => {} } : out;
+  const { archive, signed, cleanup } = await artifactFor(input, opts, quietOut, env);
+  const { dialer, token, hostLabel } = await remoteTarget(opts.remote, env, (l) =>
+    process.stderr.write(`${l}\n`),
+  );
+  try {
+    const plan: HostPlan = {
+      kind: 'deploy',
+      deployId: deployIdFor(opts.remote['deploy-id'], 'deploy', opts.app, hostLabel, env),
+      app: opts.app,
+      manifest: signed,
+      archive,
+      origin: originFromEnv(env),
+    };
+    const outcome = await deployToHost(dialer, token, plan, reporterFor(opts, out, hostLabel));
+    finish(outcome, hostLabel, opts, out);
+  } finally {
+    await dialer.close();
+    await cleanup();
+  }
+}
+
+/** `baton rollback --app NAME [--to RELEASE] (--host … | --agent …)`. */
+export async function remoteRollback(
+  opts: { app: string; to?: string; remote: RemoteValues } & RemoteFlags,
+  out: Output,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<void> {
+  const { dialer, token, hostLabel } = await remoteTarget(opts.remote, env, (l) =>
+    process.stderr.write(`${l}\n`),
+  );
+  try {
+    const plan: HostPlan = {
+      kind: 'rollback',
+      deployId: deployIdFor(opts.remote['deploy-id'], 'rollback', opts.app, hostLabel, env),
+      app: opts.app,
+      ...(opts.to !== undefined && { to: opts.to }),
+      origin: originFromEnv(env),
+    };
+    const outcome = await deployToHost(dialer, token, plan, reporterFor(opts, out, hostLabel));
+    finish(outcome, hostLabel, opts, out);
+  } finally {
+    await dialer.close();
+  }
+}
+
+/** `baton releases` and `baton status` against a remote agent: one query, printed. */
+export async function remoteQuery(
+  req: { type: 'status' } | { type: 'releases'; app: string },
+  remote: RemoteValues,
+  env: NodeJS.ProcessEnv = process.env,
+): Promise<unknown> {
+  const { dialer, token } = await remoteTarget(remote, env, (l) => process.stderr.write(`${l}\n`));
+  let client: AgentClient | undefined;
+  try {
+    client = await AgentClient.connect(dialer, token);
+    return await client.query(req);
+  } finally {
+    client?.close();
+    await dialer.close();
+  }
+}

@@ -1,0 +1,153 @@
+import { existsSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { BatonError, errorMessage } from '../errors.js';
+import type { DeployOrigin } from '../protocol/channel.js';
+import { checkToken, readTokenFile } from '../transport/auth.js';
+import { DEFAULT_CHANNEL_PORT } from '../transport/channel-config.js';
+import { directDialer, sshDialer, type Dialer } from '../transport/dialer.js';
+import type { SshOptions } from '../transport/ssh.js';
+
+/** The command-line options that say how to reach an agent (parseArgs `options` form). */
+export const REMOTE_OPTIONS = {
+  host: { type: 'string' },
+  agent: { type: 'string' },
+  'agent-port': { type: 'string' },
+  'token-file': { type: 'string' },
+  identity: { type: 'string', short: 'i' },
+  'known-hosts': { type: 'string' },
+  fingerprint: { type: 'string' },
+  'accept-unknown-host-key': { type: 'boolean', default: false },
+  jump: { type: 'string', short: 'J' },
+  'connect-timeout': { type: 'string' },
+  ca: { type: 'string' },
+  'deploy-id': { type: 'string' },
+} as const;
+
+export const REMOTE_USAGE = `how to reach the agent (one of):
+  --host USER@HOST[:PORT]     through SSH to the agent's loopback port (--agent-port, default ${DEFAULT_CHANNEL_PORT})
+    -i, --identity FILE       private key (passphrase from $BATON_SSH_PASSPHRASE); else ssh-agent ($SSH_AUTH_SOCK)
+    --known-hosts FILE        host keys to trust (default ~/.ssh/known_hosts)
+    --fingerprint SHA256:...  or pin the host key's fingerprint
+    --accept-unknown-host-key trust a host key nothing vouches for (never a changed one)
+    -J, --jump USER@HOST[:PORT][,...]   ProxyJump through these hosts
+    --connect-timeout SECONDS (default 15)
+  --agent ws://127.0.0.1:PORT | wss://HOST:PORT   directly (--ca FILE to pin a CA for wss)
+  token: --token-file FILE or $BATON_TOKEN (the agent's channel.tokenFile)`;
+
+export interface RemoteValues {
+  host?: string;
+  agent?: string;
+  'agent-port'?: string;
+  'token-file'?: string;
+  identity?: string;
+  'known-hosts'?: string;
+  fingerprint?: string;
+  'accept-unknown-host-key'?: boolean;
+  jump?: string;
+  'connect-timeout'?: string;
+  ca?: string;
+  'deploy-id'?: string;
+}
+
+async function readText(file: string, what: string): Promise<string> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (err) {
+    throw new BatonError('USAGE', `cannot read ${what} ${file}: ${errorMessage(err)}`);
+  }
+}
+
+function positiveNumber(text: string | undefined, flag: string, fallback: number): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!Number.isFinite(n) || n <= 0)
+    throw new BatonError('USAGE', `${flag} ${text}: expected a positive number`);
+  return n;
+}
+
+/** True when the options name an agent to reach over the network (else: this host's socket). */
+export function isRemote(values: RemoteValues): boolean {
+  return values.host !== undefined || values.agent !== undefined;
+}
+
+/** The dialer and token the options describe. */
+export async function remoteTarget(
+  values: RemoteValues,
+  env: NodeJS.ProcessEnv,
+  log: (line: string) => void,
+): Promise<{ dialer: Dialer; token: string; hostLabel: string }> {
+  if (values.host !== undefined && values.agent !== undefined)
+    throw new BatonError('USAGE', 'give --host (SSH) or --agent (URL), not both');
+  const token = values['token-file']
+    ? await readTokenFile(values['token-file'], { private: false })
+    : env.BATON_TOKEN
+      ? checkToken(env.BATON_TOKEN, '$BATON_TOKEN')
+      : undefined;
+  if (token === undefined)
+    throw new BatonError('USAGE', "the agent's token is needed: --token-file FILE or $BATON_TOKEN");
+  const timeoutMs = positiveNumber(values['connect-timeout'], '--connect-timeout', 15) * 1000;
+  if (values.agent !== undefined) {
+    const ca = values.ca !== undefined ? await readText(values.ca, 'CA file') : undefined;
+    return {
+      dialer: directDialer(values.agent, { ca, connectTimeoutMs: timeoutMs }),
+      token,
+      hostLabel: new URL(values.agent).host,
+    };
+  }
+  if (values.host === undefined) throw new BatonError('USAGE', `where to?\n${REMOTE_USAGE}`);
+  const ssh: SshOptions = {
+    target: values.host,
+    connectTimeoutMs: timeoutMs,
+    log,
+    acceptUnknownHostKey: values['accept-unknown-host-key'] ?? false,
+  };
+  if (values.jump) ssh.jump = values.jump.split(',').filter(Boolean);
+  if (values.identity !== undefined) {
+    ssh.privateKey = await readText(values.identity, 'identity');
+    if (env.BATON_SSH_PASSPHRASE) ssh.passphrase = env.BATON_SSH_PASSPHRASE;
+  } else if (env.SSH_AUTH_SOCK) {
+    ssh.agent = env.SSH_AUTH_SOCK;
+  } else {
+    throw new BatonError('USAGE', 'no SSH key: give -i FILE, or run an ssh-agent ($SSH_AUTH_SOCK)');
+  }
+  if (values.fingerprint !== undefined) ssh.fingerprint = values.fingerprint;
+  const knownHosts = values['known-hosts'] ?? path.join(os.homedir(), '.ssh', 'known_hosts');
+  if (values['known-hosts'] !== undefined || existsSync(knownHosts))
+    ssh.knownHosts = await readText(knownHosts, 'known_hosts');
+  const port = positiveNumber(values['agent-port'], '--agent-port', DEFAULT_CHANNEL_PORT);
+  return { dialer: sshDialer(ssh, port), token, hostLabel: values.host };
+}
+
+/** Who deploys and from which run: GitHub's variables in Actions, user@machine elsewhere. */
+export function originFromEnv(env: NodeJS.ProcessEnv): DeployOrigin {
+  const actor = env.GITHUB_ACTOR || `${os.userInfo().username}@${os.hostname()}`;
+  return {
+    actor: actor.slice(0, 128),
+    ...(env.GITHUB_REPOSITORY && { repository: env.GITHUB_REPOSITORY.slice(0, 256) }),
+    ...(env.GITHUB_RUN_ID && { runId: env.GITHUB_RUN_ID.slice(0, 64) }),
+    ...(env.GITHUB_RUN_ATTEMPT && { runAttempt: env.GITHUB_RUN_ATTEMPT.slice(0, 16) }),
+    ...(env.GITHUB_WORKFLOW && { workflow: env.GITHUB_WORKFLOW.slice(0, 256) }),
+    ...(env.GITHUB_SHA && { sha: env.GITHUB_SHA.slice(0, 64) }),
+  };
+}
+
+/**
+ * A deploy id unless one is given: the run id and attempt in Actions (a re-run of a job
+ * re-attaches instead of deploying twice), a fresh one by hand.
+ */
+export function deployIdFor(
+  given: string | undefined,
+  kind: 'deploy' | 'rollback',
+  app: string,
+  hostLabel: string,
+  env: NodeJS.ProcessEnv,
+): string {
+  if (given !== undefined) return given;
+  const host = hostLabel.replace(/[^A-Za-z0-9_.@-]/g, '_');
+  const base = env.GITHUB_RUN_ID
+    ? `gh-${env.GITHUB_RUN_ID}-${env.GITHUB_RUN_ATTEMPT ?? '1'}`
+    : `${new Date().toISOString().replace(/[-:]/g, '').replace(/\..*/, '')}-${Math.random().toString(36).slice(2, 8)}`;
+  return `${base}-${kind}-${app}-${host}`.slice(0, 128);
+}

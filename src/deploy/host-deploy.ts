@@ -1,0 +1,214 @@
+import { createReadStream } from 'node:fs';
+import type { SignedManifest } from '../artifact/manifest.js';
+import { BatonError, errorCode, errorMessage } from '../errors.js';
+import {
+  UPLOAD_CHUNK_BYTES,
+  type DeployEvent,
+  type DeployOrigin,
+  type DeployOutcome,
+  type ServerMessage,
+} from '../protocol/channel.js';
+import { AgentClient } from '../transport/client.js';
+import type { Dialer } from '../transport/dialer.js';
+
+/** One host's part of a deploy or rollback, as the client sends it. */
+export type HostPlan =
+  | {
+      kind: 'deploy';
+      deployId: string;
+      app: string;
+      manifest: SignedManifest;
+      /** The .tar.gz on this machine, sent only if the agent lacks its digest. */
+      archive: string;
+      origin: DeployOrigin;
+    }
+  | { kind: 'rollback'; deployId: string; app: string; to?: string; origin: DeployOrigin };
+
+/** Where a host's progress goes: the CLI prints it, the action groups it per host. */
+export interface HostReporter {
+  event(event: DeployEvent): void;
+  /** Bytes this client has handed to the connection so far. */
+  sent?(bytes: number, total: number): void;
+  /** Reconnects and other notes about the connection itself. */
+  note(line: string): void;
+}
+
+export interface HostDeployOptions {
+  /** Reconnects after a dropped connection before giving up. Default 5. */
+  reconnects?: number;
+  /** First wait before a reconnect; doubles each time, up to 10 s. Default 500. */
+  backoffMs?: number;
+  heartbeatMs?: number;
+}
+
+/** Failures where trying again on a new connection can help; every other one is final. */
+const RETRYABLE = new Set([
+  'CONNECTION_LOST',
+  'SSH_CONNECT_FAILED',
+  'SSH_FORWARD_FAILED',
+  'UPLOAD_INCOMPLETE',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'EPIPE',
+]);
+
+/** Bytes in flight before the sender waits: enough to fill a fast link, not a whole artifact. */
+const HIGH_WATER = 8 * 1024 * 1024;
+
+/**
+ * Runs one deploy or rollback on one host to a single, final outcome. A dropped connection is
+ * re-opened and the deploy re-attached by its id: events resume where they stopped (numbered,
+ * so none twice), and an upload cut short starts over. Throws only when the deploy could not
+ * be followed to its end (auth, host key, busy, too many drops); a deploy that failed on the
+ * host is an outcome with `ok: false`.
+ */
+export async function deployToHost(
+  dialer: Dialer,
+  token: string,
+  plan: HostPlan,
+  reporter: HostReporter,
+  opts: HostDeployOptions = {},
+): Promise<DeployOutcome> {
+  const reconnects = opts.reconnects ?? 5;
+  let backoff = opts.backoffMs ?? 500;
+  const state = { lastSeq: 0, accepted: false, uploading: false };
+  for (let attempt = 0; ; attempt++) {
+    let client: AgentClient | undefined;
+    try {
+      client = await AgentClient.connect(dialer, token, { heartbeatMs: opts.heartbeatMs });
+      return await follow(client, plan, reporter, state);
+    } catch (err) {
+      const code = errorCode(err) ?? '';
+      if (!RETRYABLE.has(code) || attempt >= reconnects) throw err;
+      reporter.note(
+        `${errorMessage(err)}; reconnecting in ${(backoff / 1000).toFixed(1)} s (${attempt + 1} of ${reconnects})`,
+      );
+      await new Promise((resolve) => setTimeout(resolve, backoff));
+      backoff = Math.min(backoff * 2, 10_000);
+    } finally {
+      client?.close();
+    }
+  }
+}
+
+interface FollowState {
+  lastSeq: number;
+  accepted: boolean;
+  uploading: boolean;
+}
+
+function follow(
+  client: AgentClient,
+  plan: HostPlan,
+  reporter: HostReporter,
+  state: FollowState,
+): Promise<DeployOutcome> {
+  return new Promise<DeployOutcome>((resolve, reject) => {
+    const mine = (msg: ServerMessage) => 'deployId' in msg && msg.deployId === plan.deployId;
+    const send = (how: 'request' | 'attach') => {
+      if (how === 'attach')
+        return client.send({ type: 'attach', deployId: plan.deployId, after: state.lastSeq });
+      if (plan.kind === 'deploy')
+        client.send({
+          type: 'deploy',
+          deployId: plan.deployId,
+          app: plan.app,
+          manifest: plan.manifest,
+          origin: plan.origin,
+        });
+      else
+        client.send({
+          type: 'rollback',
+          deployId: plan.deployId,
+          app: plan.app,
+          ...(plan.to !== undefined && { to: plan.to }),
+          origin: plan.origin,
+        });
+    };
+    client.onMessage((msg) => {
+      if (!mine(msg)) return;
+      switch (msg.type) {
+        case 'accepted':
+          // A new session numbers its events from 1 again.
+          if (!msg.attached) state.lastSeq = 0;
+          state.accepted = true;
+          return;
+        case 'upload':
+          if (plan.kind !== 'deploy')
+            return reject(
+              new BatonError(
+                'PROTOCOL_VIOLATION',
+                'the agent asked for an upload during a rollback',
+              ),
+            );
+          state.uploading = true;
+          return void sendFile(client, plan.archive, msg.bytes, reporter).then(
+            () => (state.uploading = false),
+            reject,
+          );
+        case 'event':
+          if (msg.seq <= state.lastSeq) return;
+          state.lastSeq = msg.seq;
+          return reporter.event(msg.event);
+        case 'result':
+          if (msg.seq <= state.lastSeq) return;
+          state.lastSeq = msg.seq;
+          // Our own upload was cut: nothing changed on the host, so the deploy runs again.
+          if (msg.outcome.error?.code === 'UPLOAD_INCOMPLETE' && plan.kind === 'deploy')
+            return reject(new BatonError('UPLOAD_INCOMPLETE', msg.outcome.error.message));
+          return resolve(msg.outcome);
+        case 'error':
+          // The agent restarted and forgot the deploy: ask again; the store may already have it.
+          if (msg.code === 'DEPLOY_UNKNOWN') return send('request');
+          return reject(new BatonError(msg.code as never, msg.message));
+        default:
+          return;
+      }
+    });
+    void client.closed().then(reject);
+    // After a drop past the upload, attach and resume; otherwise (re)send the request itself.
+    send(state.accepted && !state.uploading ? 'attach' : 'request');
+  });
+}
+
+/** Streams the archive as binary frames, never more than HIGH_WATER bytes in flight. */
+async function sendFile(
+  client: AgentClient,
+  file: string,
+  total: number,
+  reporter: HostReporter,
+): Promise<void> {
+  let sent = 0;
+  let inFlight = 0;
+  let wake: (() => void) | undefined;
+  let failed: Error | undefined;
+  const stream = createReadStream(file, { highWaterMark: UPLOAD_CHUNK_BYTES });
+  try {
+    for await (const chunk of stream as AsyncIterable<Buffer>) {
+      if (failed) throw failed;
+      inFlight += chunk.length;
+      client.sendBytes(chunk).then(
+        () => {
+          inFlight -= chunk.length;
+          if (inFlight <= HIGH_WATER / 2) wake?.();
+        },
+        (err: unknown) => {
+          failed ??= err instanceof Error ? err : new Error(String(err));
+          wake?.();
+        },
+      );
+      sent += chunk.length;
+      reporter.sent?.(sent, total);
+      if (inFlight > HIGH_WATER) await new Promise<void>((resolve) => (wake = resolve));
+      wake = undefined;
+    }
+    if (failed) throw failed;
+    if (sent !== total)
+      throw new BatonError(
+        'DIGEST_MISMATCH',
+        `${file} has ${sent} bytes but its manifest says ${total}: it changed after packing; pack it again`,
+      );
+  } finally {
+    stream.destroy();
+  }
+}

@@ -1,0 +1,362 @@
+import { PassThrough, type Readable } from 'node:stream';
+import type { WebSocket, RawData } from 'ws';
+import { toolVersion } from '../artifact/release-id.js';
+import { BatonError, errorCode, errorMessage } from '../errors.js';
+import {
+  ClientMessageSchema,
+  CloseCode,
+  SUPPORTED_PROTOCOLS,
+  type ClientMessage,
+  type DeployRequest,
+  type RollbackRequest,
+  type ServerMessage,
+} from '../protocol/channel.js';
+import { formatIssues } from '../supervisor/config.js';
+import { agentProof, clientMac, macEquals, makeNonce, type FailureLimiter } from './auth.js';
+import type { AuditLog } from './audit.js';
+import type { DeploySession, SessionInfo, SessionRegistry } from './deploy-session.js';
+import type { ChannelAgent } from './server.js';
+
+/** Progress events at most this often during an upload. */
+const PROGRESS_EVERY_MS = 250;
+
+export interface ConnectionDeps {
+  agent: ChannelAgent;
+  registry: SessionRegistry;
+  audit: AuditLog;
+  limiter: FailureLimiter;
+  token: string;
+  authTimeoutMs: number;
+  log: (record: Record<string, unknown>) => void;
+  /** The connection carrying a session's upload, if one is. */
+  uploadOwner: (session: DeploySession) => AgentConnection | undefined;
+}
+
+interface Upload {
+  session: DeploySession;
+  stream: PassThrough;
+  received: number;
+  total: number;
+  lastProgress: number;
+}
+
+/**
+ * One client connection on the agent: hello, auth, then requests. Nothing but hello and auth is
+ * read before auth; any message that fails its schema closes the connection with the reason.
+ * Deploys run in sessions that outlive the connection; an upload does not: its bytes come only
+ * over the connection that asked for them.
+ */
+export class AgentConnection {
+  private state: 'hello' | 'auth' | 'ready' = 'hello';
+  private nonce = '';
+  private closed = false;
+  private upload: Upload | undefined;
+  private readonly detach = new Set<() => void>();
+  private readonly authTimer: NodeJS.Timeout;
+
+  constructor(
+    private readonly ws: WebSocket,
+    readonly peer: string,
+    private readonly deps: ConnectionDeps,
+  ) {
+    this.authTimer = setTimeout(
+      () => this.refuse(CloseCode.policy, 'AUTH_FAILED', 'no hello and auth in time'),
+      deps.authTimeoutMs,
+    ).unref();
+    ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
+    ws.on('close', () => this.onClose());
+    ws.on('error', () => ws.terminate());
+  }
+
+  get authenticated(): boolean {
+    return this.state === 'ready';
+  }
+
+  private send(msg: ServerMessage): void {
+    if (!this.closed && this.ws.readyState === this.ws.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  /** Says why, then closes. */
+  private refuse(closeCode: number, code: string, message: string): void {
+    this.send({ type: 'error', code, message });
+    this.ws.close(closeCode, message.slice(0, 120));
+    // A peer that does not complete the close handshake is not waited for.
+    setTimeout(() => this.ws.terminate(), 2000).unref();
+  }
+
+  private onClose(): void {
+    this.closed = true;
+    clearTimeout(this.authTimer);
+    for (const fn of this.detach) fn();
+    this.detach.clear();
+    const up = this.upload;
+    if (up) {
+      this.upload = undefined;
+      up.stream.destroy(
+        new BatonError(
+          'UPLOAD_INCOMPLETE',
+          `the connection closed after ${up.received} of ${up.total} artifact bytes; nothing changed on the host. Deploy again with the same deploy id to retry`,
+        ),
+      );
+    }
+  }
+
+  private onMessage(data: RawData, isBinary: boolean): void {
+    if (this.closed) return;
+    if (isBinary) return this.onBytes(toBuffer(data));
+    let raw: unknown;
+    try {
+      raw = JSON.parse(toBuffer(data).toString('utf8'));
+    } catch {
+      return this.refuse(CloseCode.policy, 'PROTOCOL_VIOLATION', 'a text frame that is not JSON');
+    }
+    const parsed = ClientMessageSchema.safeParse(raw);
+    if (!parsed.success)
+      return this.refuse(
+        CloseCode.policy,
+        'PROTOCOL_VIOLATION',
+        `bad message: ${formatIssues(parsed.error)}`,
+      );
+    this.handle(parsed.data);
+  }
+
+  private handle(msg: ClientMessage): void {
+    if (this.state === 'hello') {
+      if (msg.type !== 'hello')
+        return this.refuse(CloseCode.policy, 'PROTOCOL_VIOLATION', 'expected hello first');
+      return this.onHello(msg.protocols, msg.client);
+    }
+    if (this.state === 'auth') {
+      if (msg.type !== 'auth')
+        return this.refuse(CloseCode.policy, 'PROTOCOL_VIOLATION', 'expected auth after hello');
+      return this.onAuth(msg.clientNonce, msg.mac);
+    }
+    switch (msg.type) {
+      case 'deploy':
+      case 'rollback':
+        return void this.onDeploy(msg);
+      case 'attach': {
+        const session = this.deps.registry.get(msg.deployId);
+        if (!session)
+          return this.send({
+            type: 'error',
+            code: 'DEPLOY_UNKNOWN',
+            deployId: msg.deployId,
+            message: `this agent knows no deploy ${msg.deployId} (it may have restarted since)`,
+          });
+        this.send({ type: 'accepted', deployId: msg.deployId, attached: true });
+        return this.follow(session, msg.after);
+      }
+      case 'status':
+      case 'releases':
+        return void this.deps.agent
+          .query(msg)
+          .then((result) => this.send({ type: 'reply', requestId: msg.requestId, result }))
+          .catch((err: unknown) =>
+            this.send({
+              type: 'error',
+              requestId: msg.requestId,
+              code: errorCode(err) ?? 'PROTOCOL_VIOLATION',
+              message: errorMessage(err),
+            }),
+          );
+      default:
+        return this.refuse(CloseCode.policy, 'PROTOCOL_VIOLATION', `${msg.type} out of turn`);
+    }
+  }
+
+  private onHello(protocols: number[], client: string): void {
+    const common = protocols.filter((p) => SUPPORTED_PROTOCOLS.includes(p));
+    if (common.length === 0)
+      return this.refuse(
+        CloseCode.protocolMismatch,
+        'PROTOCOL_MISMATCH',
+        `the client speaks protocol ${protocols.join(', ')}, this agent (baton ${toolVersion()}) speaks ${SUPPORTED_PROTOCOLS.join(', ')}; upgrade the older side`,
+      );
+    const wait = this.deps.limiter.blockedFor(this.peer);
+    if (wait > 0) {
+      this.deps.audit.record({
+        event: 'auth-rate-limited',
+        peer: this.peer,
+        reason: `too many failed logins; refused for ${Math.ceil(wait / 1000)} s`,
+      });
+      return this.refuse(
+        CloseCode.rateLimited,
+        'AUTH_RATE_LIMITED',
+        `too many failed logins from ${this.peer}; try again in ${Math.ceil(wait / 1000)} s`,
+      );
+    }
+    this.state = 'auth';
+    this.nonce = makeNonce();
+    this.clientName = client;
+    this.send({
+      type: 'challenge',
+      protocol: Math.max(...common),
+      nonce: this.nonce,
+      agent: `baton ${toolVersion()}`,
+    });
+  }
+
+  private clientName = '';
+
+  private onAuth(clientNonce: string, mac: string): void {
+    const expected = clientMac(this.deps.token, this.nonce, clientNonce);
+    if (!macEquals(mac, expected) || clientNonce === this.nonce) {
+      this.deps.limiter.fail(this.peer);
+      this.deps.audit.record({ event: 'auth-failed', peer: this.peer, reason: 'wrong token' });
+      this.deps.log({ type: 'channel', level: 'warn', msg: `auth failed from ${this.peer}` });
+      return this.refuse(
+        CloseCode.authFailed,
+        'AUTH_FAILED',
+        "authentication failed: the token is not this agent's",
+      );
+    }
+    clearTimeout(this.authTimer);
+    this.state = 'ready';
+    this.deps.audit.record({ event: 'connected', peer: this.peer, client: this.clientName });
+    this.send({ type: 'welcome', proof: agentProof(this.deps.token, this.nonce, clientNonce) });
+  }
+
+  /** Streams a session's messages to this client until either ends. */
+  private follow(session: DeploySession, after: number): void {
+    const stop = session.attach(after, (msg) => this.send(msg));
+    this.detach.add(stop);
+    void session.done.then(() => this.detach.delete(stop));
+  }
+
+  private async onDeploy(req: DeployRequest | RollbackRequest): Promise<void> {
+    const info: SessionInfo = {
+      deployId: req.deployId,
+      kind: req.type,
+      app: req.app,
+      origin: req.origin,
+      subject:
+        req.type === 'deploy' ? req.manifest.manifest.archive.sha256 : (req.to ?? 'previous'),
+    };
+    const { registry } = this.deps;
+    let existing = registry.get(req.deployId);
+    if (existing && !existing.sameAs(info))
+      return this.send({
+        type: 'error',
+        code: 'PROTOCOL_VIOLATION',
+        deployId: req.deployId,
+        message: `deploy id ${req.deployId} was used for another ${existing.info.kind}; choose a new id`,
+      });
+    // The same deploy, its upload still coming over a connection that went quiet: that
+    // connection is the same client's, gone. Cut it, let the upload fail, and start again.
+    const owner = existing && !existing.outcome ? this.deps.uploadOwner(existing) : undefined;
+    if (existing && owner && owner !== this) {
+      owner.cut();
+      await existing.done;
+    }
+    existing = registry.get(req.deployId);
+    if (existing && !existing.retryable) {
+      this.deps.audit.record({ event: 'deploy-attached', peer: this.peer, ...info });
+      this.send({ type: 'accepted', deployId: req.deployId, attached: true });
+      return this.follow(existing, 0);
+    }
+    let session: DeploySession;
+    try {
+      session = registry.begin(info);
+    } catch (err) {
+      return this.send({
+        type: 'error',
+        code: errorCode(err) ?? 'DEPLOY_BUSY',
+        deployId: req.deployId,
+        message: errorMessage(err),
+      });
+    }
+    this.deps.audit.record({ event: 'deploy-started', peer: this.peer, ...info });
+    this.send({ type: 'accepted', deployId: req.deployId, attached: false });
+    this.follow(session, 0);
+    const outcome = await this.deps.agent.run(session, req, (bytes) =>
+      this.openUpload(session, bytes),
+    );
+    this.deps.audit.record({
+      event: 'deploy-finished',
+      deployId: info.deployId,
+      kind: info.kind,
+      app: info.app,
+      origin: info.origin,
+      ok: outcome.ok,
+      releaseId: outcome.releaseId,
+      previousReleaseId: outcome.previousReleaseId,
+      uploadedBytes: outcome.uploadedBytes,
+      totalMs: outcome.totalMs,
+      code: outcome.error?.code,
+      message: outcome.error?.message,
+    });
+  }
+
+  /** Drops the connection at once (a stale one whose client came back on another). */
+  cut(): void {
+    this.ws.terminate();
+  }
+
+  /** True while this connection carries the upload of `session`. */
+  uploads(session: DeploySession | undefined): boolean {
+    return session !== undefined && this.upload?.session === session;
+  }
+
+  private openUpload(session: DeploySession, bytes: number): Readable {
+    if (this.closed)
+      throw new BatonError(
+        'UPLOAD_INCOMPLETE',
+        'the client left before sending the artifact; nothing changed on the host. Deploy again with the same deploy id to retry',
+      );
+    // A few frames in flight per side; past that the socket is paused, which TCP and SSH carry back.
+    const stream = new PassThrough({ highWaterMark: 4 * 1024 * 1024 });
+    this.upload = { session, stream, received: 0, total: bytes, lastProgress: 0 };
+    this.send({ type: 'upload', deployId: session.deployId, bytes });
+    if (bytes === 0) {
+      this.upload = undefined;
+      stream.end();
+    }
+    return stream;
+  }
+
+  private onBytes(chunk: Buffer): void {
+    const up = this.upload;
+    if (!up || this.state !== 'ready')
+      return this.refuse(
+        CloseCode.policy,
+        'PROTOCOL_VIOLATION',
+        'artifact bytes the agent did not ask for',
+      );
+    up.received += chunk.length;
+    if (up.received > up.total) {
+      this.refuse(
+        CloseCode.policy,
+        'PROTOCOL_VIOLATION',
+        `more than the ${up.total} bytes promised`,
+      );
+      return;
+    }
+    if (!up.stream.write(chunk)) {
+      this.ws.pause();
+      up.stream.once('drain', () => this.ws.resume());
+    }
+    const now = Date.now();
+    const last = up.received === up.total;
+    if (last || now - up.lastProgress >= PROGRESS_EVERY_MS) {
+      up.lastProgress = now;
+      up.session.emit({
+        type: 'progress',
+        at: new Date(now).toISOString(),
+        app: up.session.info.app,
+        bytes: up.received,
+        total: up.total,
+      });
+    }
+    if (last) {
+      this.upload = undefined;
+      up.stream.end();
+    }
+  }
+}
+
+function toBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}

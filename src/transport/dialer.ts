@@ -1,0 +1,124 @@
+import { WebSocket } from 'ws';
+import { BatonError, errorMessage } from '../errors.js';
+import type { SshConnection, SshOptions } from './ssh.js';
+
+export interface DialOptions {
+  maxPayload: number;
+}
+
+/**
+ * How a client reaches an agent: through SSH or directly. One interface so the deploy logic
+ * never knows which; `open` may be called again after a drop (a reconnect).
+ */
+export interface Dialer {
+  /** Where this goes, for messages: `deploy@web1:22 → 127.0.0.1:7701`. */
+  readonly describe: string;
+  open(opts: DialOptions): Promise<WebSocket>;
+  close(): Promise<void>;
+}
+
+/** Waits for a client WebSocket to open; its failure becomes a BatonError naming the target. */
+function opened(ws: WebSocket, describe: string, code: 'CONNECTION_LOST' | 'SSH_FORWARD_FAILED') {
+  return new Promise<WebSocket>((resolve, reject) => {
+    const fail = (why: string) => {
+      ws.terminate();
+      reject(new BatonError(code, `cannot open the channel to ${describe}: ${why}`));
+    };
+    ws.once('open', () => {
+      ws.off('error', onError);
+      resolve(ws);
+    });
+    const onError = (err: Error) => fail(err.message);
+    ws.once('error', onError);
+    ws.once('unexpected-response', (_req, res) =>
+      fail(`HTTP ${res.statusCode} instead of a WebSocket: is this a baton agent?`),
+    );
+  });
+}
+
+/**
+ * `ws://127.0.0.1:7701` or `wss://host:port`: straight to the agent. For wss, `ca` pins the
+ * certificate authority (a self-signed agent certificate, say); Node's own CAs otherwise.
+ */
+export function directDialer(
+  url: string,
+  opts: { ca?: string; connectTimeoutMs?: number } = {},
+): Dialer {
+  let parsed: URL;
+  try {
+    parsed = new URL(url);
+  } catch {
+    throw new BatonError(
+      'USAGE',
+      `--agent ${url}: not a URL; expected ws://127.0.0.1:7701 or wss://host:port`,
+    );
+  }
+  if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:')
+    throw new BatonError('USAGE', `--agent ${url}: expected ws:// or wss://`);
+  const loopback = /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost)$/.test(parsed.hostname);
+  if (parsed.protocol === 'ws:' && !loopback)
+    throw new BatonError(
+      'USAGE',
+      `--agent ${url}: plain ws:// is for loopback only; use wss:// or --host (SSH) to reach another machine`,
+    );
+  return {
+    describe: url,
+    open: ({ maxPayload }) =>
+      opened(
+        new WebSocket(url, {
+          maxPayload,
+          perMessageDeflate: false,
+          handshakeTimeout: opts.connectTimeoutMs ?? 15_000,
+          ...(opts.ca !== undefined && { ca: opts.ca }),
+        }),
+        url,
+        'CONNECTION_LOST',
+      ),
+    close: () => Promise.resolve(),
+  };
+}
+
+/**
+ * Through SSH to the agent's loopback port: nothing on the host needs to be open beyond SSH.
+ * The SSH connection is opened on first use and again whenever it dropped.
+ */
+export function sshDialer(ssh: SshOptions, agentPort: number, agentHost = '127.0.0.1'): Dialer {
+  const describe = `${ssh.target} → ${agentHost}:${agentPort}`;
+  let conn: SshConnection | undefined;
+  let dropped = false;
+  const connect = async (): Promise<SshConnection> => {
+    if (conn && !dropped) return conn;
+    // Loaded on first use: an agent-side or direct command never pays for ssh2.
+    const { openSsh } = await import('./ssh.js');
+    const c = await openSsh(ssh);
+    conn = c;
+    dropped = false;
+    void c.closed.then(() => {
+      if (conn === c) dropped = true;
+    });
+    return c;
+  };
+  return {
+    describe,
+    async open({ maxPayload }) {
+      const c = await connect();
+      const stream = await c.forward(agentHost, agentPort);
+      // The WebSocket speaks HTTP over the forwarded stream as if it were a TCP socket.
+      const ws = new WebSocket(`ws://${agentHost}:${agentPort}`, {
+        maxPayload,
+        perMessageDeflate: false,
+        handshakeTimeout: 15_000,
+        createConnection: () => stream as never,
+      });
+      return opened(ws, describe, 'SSH_FORWARD_FAILED').catch((err: unknown) => {
+        stream.destroy();
+        throw new BatonError('SSH_FORWARD_FAILED', errorMessage(err));
+      });
+    },
+    async close() {
+      const c = conn;
+      conn = undefined;
+      await c?.close();
+    },
+  };
+}

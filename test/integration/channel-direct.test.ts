@@ -1,0 +1,97 @@
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { load } from '../support/harness.js';
+import {
+  batonAsync,
+  jsonLines,
+  startChannelAgent,
+  type ChannelAgent,
+} from '../support/channel-support.js';
+
+describe('remote deploys over the channel, direct ws:// on loopback', () => {
+  let ch: ChannelAgent;
+  before(async () => {
+    ch = await startChannelAgent();
+  });
+  after(async () => {
+    await ch?.cleanup();
+  });
+
+  it('deploys a directory under load with every phase streamed, then redeploys it sending 0 bytes', async () => {
+    const src = await ch.source('v1');
+    const traffic = load(ch.appPort, { workers: 4, keepAlive: true, maxRequests: 100_000 });
+    const run = batonAsync([
+      'deploy',
+      src,
+      '--app',
+      'web',
+      '--key',
+      ch.keyFile,
+      '--release-id',
+      'v1',
+      '--json',
+      ...ch.direct,
+    ]);
+    const res = await run.done;
+    const served = await traffic.stop();
+    assert.equal(res.code, 0, res.stderr);
+    const lines = jsonLines(res.stdout);
+    const phases = lines
+      .filter((l) => l.type === 'event')
+      .map((l) => (l.event as { phase?: string }).phase)
+      .filter(Boolean);
+    for (const p of [
+      'received',
+      'verified',
+      'unpacked',
+      'generation-started',
+      'ready',
+      'switched',
+      'drained',
+      'done',
+    ])
+      assert.ok(phases.includes(p), `phase ${p} in ${phases.join(',')}`);
+    const result = lines.find((l) => l.type === 'result')!.outcome as {
+      ok: boolean;
+      releaseId: string;
+      uploadedBytes: number;
+      phases: Record<string, number>;
+    };
+    assert.equal(result.ok, true);
+    assert.equal(result.releaseId, 'v1');
+    assert.ok(result.uploadedBytes > 0);
+    assert.ok('received' in result.phases && 'done' in result.phases);
+    assert.deepEqual(served.errors, {});
+    assert.equal(served.non2xx, 0);
+    assert.ok(served.bodies.has('v1'), 'the new release answered');
+
+    const again = batonAsync([
+      'deploy',
+      src,
+      '--app',
+      'web',
+      '--key',
+      ch.keyFile,
+      '--release-id',
+      'v1',
+      '--json',
+      ...ch.direct,
+    ]);
+    const res2 = await again.done;
+    assert.equal(res2.code, 0, res2.stderr);
+    const outcome2 = jsonLines(res2.stdout).find((l) => l.type === 'result')!.outcome as {
+      ok: boolean;
+      uploadedBytes: number;
+    };
+    assert.equal(outcome2.ok, true);
+    assert.equal(outcome2.uploadedBytes, 0);
+
+    const audit = (await readFile(path.join(ch.stateDir, 'audit.log'), 'utf8'))
+      .trim()
+      .split('\n')
+      .map((l) => JSON.parse(l) as { event: string; ok?: boolean });
+    assert.equal(audit.filter((a) => a.event === 'deploy-finished' && a.ok).length, 2);
+  });
+});

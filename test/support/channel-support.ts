@@ -1,0 +1,176 @@
+import { spawn, spawnSync } from 'node:child_process';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import {
+  CLI,
+  control,
+  FIXTURES,
+  listenerPort,
+  releases,
+  startAgent,
+  tempDir,
+  webApp,
+  withDeadline,
+  writeConfig,
+  type RunningAgent,
+} from './harness.js';
+
+/** Runs the baton CLI synchronously; asserts nothing. */
+export function batonSync(args: string[], env: NodeJS.ProcessEnv = {}) {
+  return spawnSync(process.execPath, [CLI, ...args], {
+    encoding: 'utf8',
+    timeout: 120_000,
+    env: { ...process.env, ...env },
+  });
+}
+
+export interface CliRun {
+  pid: number;
+  /** stdout lines so far (JSON lines in --json mode). */
+  lines: string[];
+  stderr: string[];
+  /** Resolves with the first stdout line that `pred` accepts. */
+  waitLine(pred: (line: string) => boolean, what: string): Promise<string>;
+  done: Promise<{ code: number | null; stdout: string; stderr: string }>;
+}
+
+/** Runs the baton CLI in the background, its output followed line by line. */
+export function batonAsync(args: string[], env: NodeJS.ProcessEnv = {}): CliRun {
+  const child = spawn(process.execPath, [CLI, ...args], {
+    env: { ...process.env, ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const lines: string[] = [];
+  const stderr: string[] = [];
+  const waiters: { pred: (l: string) => boolean; resolve: (l: string) => void }[] = [];
+  let buf = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    buf += d;
+    const parts = buf.split('\n');
+    buf = parts.pop() ?? '';
+    for (const line of parts) {
+      lines.push(line);
+      for (const w of [...waiters])
+        if (w.pred(line)) {
+          waiters.splice(waiters.indexOf(w), 1);
+          w.resolve(line);
+        }
+    }
+  });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => stderr.push(d));
+  const done = withDeadline(
+    new Promise<{ code: number | null; stdout: string; stderr: string }>((resolve) =>
+      child.once('close', (code) =>
+        resolve({ code, stdout: lines.join('\n') + buf, stderr: stderr.join('') }),
+      ),
+    ),
+    `baton ${args.join(' ')}`,
+    120_000,
+  );
+  return {
+    pid: child.pid!,
+    lines,
+    stderr,
+    waitLine: (pred, what) => {
+      const found = lines.find(pred);
+      if (found) return Promise.resolve(found);
+      return withDeadline(
+        new Promise<string>((resolve) => waiters.push({ pred, resolve })),
+        `${what}\n${lines.slice(-20).join('\n')}\n${stderr.join('')}`,
+      );
+    },
+    done,
+  };
+}
+
+export interface ChannelAgent {
+  dir: string;
+  agent: RunningAgent;
+  /** The agent's channel port on 127.0.0.1. */
+  channelPort: number;
+  /** The `web` app's listener port. */
+  appPort: number;
+  token: string;
+  tokenFile: string;
+  keyFile: string;
+  stateDir: string;
+  /** `--agent ws://127.0.0.1:<port> --token-file <file>` */
+  direct: string[];
+  /** Writes the source tree of a release that behaves as `mode` says (by-release-mode fixture). */
+  source(
+    id: string,
+    opts?: { mode?: string; files?: Record<string, string | Buffer>; hook?: string },
+  ): Promise<string>;
+  cleanup(): Promise<void>;
+}
+
+/**
+ * An agent serving the `web` app from release r0, with a channel on a free loopback port, a
+ * fresh token (0600) and a signing key it trusts. `channel` overrides channel settings.
+ */
+export async function startChannelAgent(
+  channel: Record<string, unknown> = {},
+  app: Record<string, unknown> = {},
+): Promise<ChannelAgent> {
+  const tmp = await tempDir();
+  const keys = path.join(tmp.dir, 'keys');
+  const r = batonSync(['keygen', '--out', keys]);
+  if (r.status !== 0) throw new Error(r.stderr);
+  const publicKey = (await readFile(path.join(keys, 'baton.pub'), 'utf8')).trim();
+  const tokenFile = path.join(tmp.dir, 'token');
+  const t = batonSync(['agent', 'token', '--out', tokenFile]);
+  if (t.status !== 0) throw new Error(t.stderr);
+  const token = (await readFile(tokenFile, 'utf8')).trim();
+  const [r0] = await releases(tmp.dir, 'r0');
+  const agent = await startAgent(
+    await writeConfig(tmp.dir, {
+      stateDir: './state',
+      trustedKeys: [publicKey],
+      apps: [webApp({ release: r0, keepReleases: 5, ...app })],
+      channel: { port: 0, tokenFile, ...channel },
+    }),
+  );
+  const listening = await agent.waitFor(
+    (rec) => rec.type === 'channel' && typeof rec.port === 'number',
+    'channel listening',
+  );
+  const channelPort = listening.port as number;
+  const appPort = listenerPort((await control(agent.socket, { method: 'status' })).result);
+  return {
+    dir: tmp.dir,
+    agent,
+    channelPort,
+    appPort,
+    token,
+    tokenFile,
+    keyFile: path.join(keys, 'baton.key'),
+    stateDir: path.join(tmp.dir, 'state'),
+    direct: ['--agent', `ws://127.0.0.1:${channelPort}`, '--token-file', tokenFile],
+    async source(id, opts = {}) {
+      const src = path.join(tmp.dir, 'src', id);
+      await mkdir(src, { recursive: true });
+      const hooks = opts.hook ? `hooks:\n  beforeRestart: ${JSON.stringify(opts.hook)}\n` : '';
+      await writeFile(
+        path.join(src, 'baton.yml'),
+        `command: [node, ${JSON.stringify(path.join(FIXTURES, 'by-release-mode.mjs'))}]\n${hooks}`,
+      );
+      await writeFile(path.join(src, 'mode'), `${opts.mode ?? 'serve'}\n`);
+      await writeFile(path.join(src, 'VERSION'), `${id}\n`);
+      for (const [name, data] of Object.entries(opts.files ?? {}))
+        await writeFile(path.join(src, name), data);
+      return src;
+    },
+    async cleanup() {
+      await agent.stop();
+      await tmp.cleanup();
+    },
+  };
+}
+
+/** Parses the JSON lines of `baton deploy --json` output. */
+export function jsonLines(stdout: string): { type: string; [k: string]: unknown }[] {
+  return stdout
+    .split('\n')
+    .filter((l) => l.startsWith('{'))
+    .map((l) => JSON.parse(l) as { type: string });
+}
