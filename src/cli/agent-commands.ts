@@ -115,7 +115,10 @@ export async function agentStatus(configFile: string, json: boolean, out: Output
     method: 'status',
   })) as AgentStatus;
   if (json) return out.json(status);
-  out.line(`agent pid ${status.pid}, up since ${status.startedAt}`);
+  out.line(
+    `agent pid ${status.pid}, up since ${status.startedAt}` +
+      (status.channelPort !== undefined ? `, channel on port ${status.channelPort}` : ''),
+  );
   for (const app of status.apps) {
     const gen = app.generation
       ? `gen ${app.generation.number} pid ${app.generation.pid}`
