@@ -1,11 +1,20 @@
 // `npm run demo`: an agent on loopback, a deploy and a rollback under load, zero drops.
-// Starts a real `baton agent run` for the fixture app, sends traffic from 20 clients (half on
-// keep-alive connections, half with a new connection per request), deploys v2 and rolls back
-// to v1 while it runs, streams every phase, and exits 1 if a single request failed.
+// Starts a real `baton agent run` for the fixture app and a real OpenSSH server on loopback,
+// sends traffic from 20 clients (half on keep-alive connections, half with a new connection per
+// request), deploys a packed, signed v2 through SSH (ssh2 → sshd → the agent's channel) and rolls
+// back to v1 the same way while it runs, streams every phase, and exits 1 if a request failed.
+import { writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { packInput } from '../src/artifact/pack.js';
+import { buildManifest } from '../src/artifact/release-id.js';
+import { generateKeyPair, signManifest } from '../src/artifact/sign.js';
 import { formatEvent } from '../src/cli/agent-commands.js';
+import { originFromEnv } from '../src/cli/remote-options.js';
 import { controlRequest } from '../src/cli/control-client.js';
+import { deployToHost, type HostPlan } from '../src/deploy/host-deploy.js';
 import { errorMessage } from '../src/errors.js';
-import type { DeployResult } from '../src/supervisor/app-supervisor.js';
+import { makeToken } from '../src/transport/auth.js';
+import { sshDialer } from '../src/transport/dialer.js';
 import { byRelease, failures, mergeResults, startNodeLoad } from './node-client.js';
 import { fmtErrors, fmtInt } from './table.js';
 import { cleanupOnSignal } from './interrupt.js';
@@ -19,13 +28,14 @@ import {
   writeConfig,
   type RunningAgent,
 } from '../test/support/harness.js';
+import { startSshd, type TestSshd } from '../test/support/sshd.js';
 
 const LOAD_MS = 8_000;
 const WORKERS_PER_KIND = 10;
 /** When, after the load starts, each handover begins. */
 const SCRIPT = [
-  { atMs: 2_000, release: 'v2', what: 'deploy v2' },
-  { atMs: 5_000, release: 'v1', what: 'roll back to v1' },
+  { atMs: 2_000, kind: 'deploy', what: 'baton deploy v2 --host (through SSH)' },
+  { atMs: 5_000, kind: 'rollback', what: 'baton rollback (through SSH, no upload)' },
 ] as const;
 
 const started = Date.now();
@@ -37,6 +47,7 @@ const sleepUntil = (t: number) =>
 async function main(): Promise<number> {
   const tmp = await tempDir('baton-demo-');
   let agent: RunningAgent | undefined;
+  let sshd: TestSshd | undefined;
   let ok = true;
   let cleaning: Promise<void> | undefined;
   const cleanup = () =>
@@ -45,18 +56,55 @@ async function main(): Promise<number> {
         say(`${stamp()} stopping the agent`);
         await agent.stop().catch((err: unknown) => say(`stopping the agent: ${errorMessage(err)}`));
       }
+      await sshd?.stop().catch(() => undefined);
       await tmp.cleanup();
     })());
   const signals = cleanupOnSignal(cleanup);
   try {
     const [v1, v2] = await releases(tmp.dir, 'v1', 'v2');
-    const dirs: Record<string, string> = { v1: v1!, v2: v2! };
+    // v2 ships as CI would ship it: packed, signed, uploaded through SSH.
+    await writeFile(path.join(v2!, 'VERSION'), 'v2\n');
+    const keys = generateKeyPair();
+    const archive = path.join(tmp.dir, 'v2.tar.gz');
+    const packed = await packInput(v2!, archive);
+    const signed = signManifest(
+      buildManifest({
+        app: 'web',
+        releaseId: 'v2',
+        archive: { sha256: packed.sha256, size: packed.size, entries: packed.entries },
+        now: new Date(),
+      }),
+      keys.privateKeyPem,
+    );
+    const token = makeToken();
+    const tokenFile = path.join(tmp.dir, 'token');
+    await writeFile(tokenFile, token, { mode: 0o600 });
+    sshd = await startSshd();
+    say(
+      sshd.kind === 'openssh'
+        ? `${stamp()} OpenSSH sshd on 127.0.0.1:${sshd.port}`
+        : `${stamp()} *** sshd not installed: ssh2's own server stands in (apt-get install openssh-server) ***`,
+    );
     const config = await writeConfig(tmp.dir, {
       stateDir: './state',
+      trustedKeys: [keys.publicKey],
       apps: [webApp({ release: v1, listeners: [{ name: 'http', tcp: '127.0.0.1:0' }] })],
+      channel: { port: 0, tokenFile },
     });
     say(`${stamp()} starting: baton agent run --config ${config}`);
     agent = await startAgent(config);
+    const channel = await agent.waitFor(
+      (r) => r.type === 'channel' && typeof r.port === 'number',
+      'channel',
+    );
+    const dialer = sshDialer(
+      {
+        target: sshd.target,
+        privateKey: sshd.clientKey.privateKey,
+        knownHosts: [sshd.knownHostsLine],
+      },
+      channel.port as number,
+    );
     const port = listenerPort(
       await withDeadline(controlRequest(agent.socket, { method: 'status' }), 'status'),
     );
@@ -81,19 +129,37 @@ async function main(): Promise<number> {
         await sleepUntil(loadStart + step.atMs);
         say(`${stamp()} ${step.what}`);
         try {
-          const result = (await withDeadline(
-            controlRequest(
-              agent.socket,
-              { method: 'deploy', app: 'web', releaseDir: dirs[step.release]! },
-              (e) => say(`${stamp()}   ${formatEvent(e).trimStart()}`),
-            ),
+          const plan: HostPlan =
+            step.kind === 'deploy'
+              ? {
+                  kind: 'deploy',
+                  deployId: 'demo-deploy',
+                  app: 'web',
+                  manifest: signed,
+                  archive,
+                  origin: originFromEnv(process.env),
+                }
+              : {
+                  kind: 'rollback',
+                  deployId: 'demo-rollback',
+                  app: 'web',
+                  origin: originFromEnv(process.env),
+                };
+          const result = await withDeadline(
+            deployToHost(dialer, token, plan, {
+              event: (e) => {
+                if (e.type !== 'progress') say(`${stamp()}   ${formatEvent(e).trimStart()}`);
+              },
+              note: (line) => say(`${stamp()}   ${line}`),
+            }),
             step.what,
-          )) as DeployResult;
+          );
+          if (!result.ok) throw new Error(`${result.error?.code}: ${result.error?.message}`);
           say(
             `${stamp()} ${step.what}: release ${result.releaseId} serves as generation ${result.generation}, ` +
-              `handover took ${result.durationMs} ms, old generation ${result.drained}`,
+              `${fmtInt(result.uploadedBytes)} bytes uploaded, ${result.totalMs} ms in all`,
           );
-          if (result.cold || result.drained !== 'exited') ok = false;
+          if (result.cold) ok = false;
         } catch (err) {
           say(`${stamp()} ${step.what} FAILED: ${errorMessage(err)}`);
           ok = false;
@@ -102,6 +168,7 @@ async function main(): Promise<number> {
       await sleepUntil(loadStart + LOAD_MS);
     } finally {
       clearInterval(ticker);
+      await dialer.close();
     }
     const total = mergeResults(await keepAlive.stop(), await perRequest.stop());
     const seen = byRelease(total);

@@ -114,6 +114,11 @@ export async function agentStatus(configFile: string, json: boolean, out: Output
   const status = (await controlRequest(await socketOf(configFile), {
     method: 'status',
   })) as AgentStatus;
+  printStatus(status, json, out);
+}
+
+/** An agent's status as lines (or JSON), the same for this host's agent and a remote one. */
+export function printStatus(status: AgentStatus, json: boolean, out: Output): void {
   if (json) return out.json(status);
   out.line(
     `agent pid ${status.pid}, up since ${status.startedAt}` +
@@ -223,6 +228,16 @@ export async function agentReleases(
     method: 'releases',
     app,
   })) as ReleaseInfo[];
+  printReleases(app, releases, json, out);
+}
+
+/** The releases a host keeps, one line each (or JSON). */
+export function printReleases(
+  app: string,
+  releases: ReleaseInfo[],
+  json: boolean,
+  out: Output,
+): void {
   if (json) return out.json(releases);
   if (releases.length === 0) return out.line(`${app}: no releases in the store`);
   for (const r of releases)

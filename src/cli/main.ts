@@ -15,8 +15,12 @@ import {
   agentStatus,
   agentStop,
   agentUpgrade,
+  printReleases,
+  printStatus,
   type Output,
 } from './agent-commands.js';
+import type { ReleaseInfo } from '../artifact/store.js';
+import type { AgentStatus } from '../supervisor/agent.js';
 
 const USAGE = `usage: baton <command>
   deploy <dir|archive> --app NAME (--host USER@HOST | --agent URL) [--key FILE] [--manifest FILE]
@@ -126,13 +130,16 @@ async function main(argv: string[]): Promise<void> {
       if (!values.app) throw new BatonError('USAGE', 'rollback needs --app NAME');
       return remoteRollback({ app: values.app, to: values.to, remote: values, ...flags }, out);
     }
-    if (group === 'releases' && !values.app)
-      throw new BatonError('USAGE', 'releases needs --app NAME');
-    const result = await remoteQuery(
-      group === 'releases' ? { type: 'releases', app: values.app! } : { type: 'status' },
-      values,
+    if (group === 'releases') {
+      if (!values.app) throw new BatonError('USAGE', 'releases needs --app NAME');
+      const releases = await remoteQuery({ type: 'releases', app: values.app }, values);
+      return printReleases(values.app, releases as ReleaseInfo[], values.json, out);
+    }
+    return printStatus(
+      (await remoteQuery({ type: 'status' }, values)) as AgentStatus,
+      values.json,
+      out,
     );
-    return out.json(result);
   }
   // Without --host/--agent these speak to this host's agent, as `baton agent …` does.
   if (group === 'releases' || group === 'rollback' || group === 'status')

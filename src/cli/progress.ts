@@ -11,7 +11,9 @@ export class Progress {
     if (this.startedAt === 0) this.startedAt = now;
     const fraction = total > 0 ? bytes / total : 1;
     const secs = Math.max((now - this.startedAt) / 1000, 0.001);
-    const text = `upload ${mib(bytes)}/${mib(total)} MiB ${(fraction * 100).toFixed(0)}% ${(bytes / 1048576 / secs).toFixed(1)} MiB/s`;
+    // A rate over a few milliseconds says nothing.
+    const rate = secs >= 0.2 ? ` ${(bytes / 1048576 / secs).toFixed(1)} MiB/s` : '';
+    const text = `upload ${mib(bytes)}/${mib(total)} MiB ${(fraction * 100).toFixed(0)}%${rate}`;
     if (this.stream.isTTY) {
       const width = 30;
       const filled = Math.round(fraction * width);

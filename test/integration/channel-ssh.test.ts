@@ -85,12 +85,12 @@ describe('remote deploys through a real OpenSSH server', () => {
     assert.equal(outcome.releaseId, 's1');
     assert.ok(outcome.uploadedBytes > 0);
 
-    const listed = await batonAsync(['releases', '--app', 'web', ...ssh]).done;
+    const listed = await batonAsync(['releases', '--app', 'web', '--json', ...ssh]).done;
     assert.equal(listed.code, 0, listed.stderr);
     const releases = JSON.parse(listed.stdout) as { id: string; status: string }[];
     assert.equal(releases.find((r) => r.id === 's1')?.status, 'current');
 
-    const status = await batonAsync(['status', ...ssh]).done;
+    const status = await batonAsync(['status', '--json', ...ssh]).done;
     assert.equal(status.code, 0, status.stderr);
     assert.equal((JSON.parse(status.stdout) as AgentStatus).apps[0]!.release?.id, 's1');
 
