@@ -1,0 +1,155 @@
+import assert from 'node:assert/strict';
+import { chmod, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import { describe, it } from 'node:test';
+import { ClientMessageSchema, ServerMessageSchema } from '../../src/protocol/channel.js';
+import {
+  agentProof,
+  checkToken,
+  clientMac,
+  FailureLimiter,
+  macEquals,
+  makeNonce,
+  makeToken,
+  readTokenFile,
+} from '../../src/transport/auth.js';
+import { ChannelConfigSchema } from '../../src/transport/channel-config.js';
+import { DeploySession, SessionRegistry } from '../../src/transport/deploy-session.js';
+import { rejectsWith } from '../support/artifact-support.js';
+import { tempDir } from '../support/harness.js';
+
+const origin = { actor: 'ci' };
+
+describe('channel auth', () => {
+  it('client and agent MACs differ, bind both nonces, and compare in constant time', () => {
+    const token = makeToken();
+    const [a, c] = [makeNonce(), makeNonce()];
+    const mac = clientMac(token, a, c);
+    assert.ok(macEquals(mac, clientMac(token, a, c)));
+    assert.ok(!macEquals(mac, agentProof(token, a, c)), 'a client MAC is no agent proof');
+    assert.ok(!macEquals(mac, clientMac(token, makeNonce(), c)), 'another agent nonce');
+    assert.ok(!macEquals(mac, clientMac(token, a, makeNonce())), 'another client nonce');
+    assert.ok(!macEquals(mac, clientMac(makeToken(), a, c)), 'another token');
+    assert.ok(!macEquals(mac, mac.slice(0, 10)));
+    assert.ok(!macEquals('', ''));
+  });
+
+  it('refuses short or multi-line tokens, and a token file others can read', async () => {
+    assert.throws(() => checkToken('short', 'x'), { code: 'TOKEN_INVALID' });
+    assert.throws(() => checkToken(`${'a'.repeat(20)}\n${'b'.repeat(20)}`, 'x'), {
+      code: 'TOKEN_INVALID',
+    });
+    const tmp = await tempDir();
+    try {
+      const file = path.join(tmp.dir, 'token');
+      await writeFile(file, makeToken() + '\n', { mode: 0o600 });
+      assert.equal((await readTokenFile(file, { private: true })).length, 43);
+      await chmod(file, 0o644);
+      await rejectsWith(() => readTokenFile(file, { private: true }), 'TOKEN_INVALID');
+      // A client's copy may be as the user keeps it.
+      assert.ok(await readTokenFile(file, { private: false }));
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+
+  it('rate-limits failures per peer within the window, then lets it try again', () => {
+    let now = 1_000_000;
+    const limiter = new FailureLimiter(3, 60_000, () => now);
+    for (let i = 0; i < 3; i++) {
+      assert.equal(limiter.blockedFor('a'), 0);
+      limiter.fail('a');
+    }
+    assert.ok(limiter.blockedFor('a') > 0);
+    assert.equal(limiter.blockedFor('b'), 0, 'other peers are not blocked');
+    now += 60_001;
+    assert.equal(limiter.blockedFor('a'), 0);
+  });
+});
+
+describe('channel config', () => {
+  it('listens on loopback by default and refuses another address without TLS', () => {
+    const ok = ChannelConfigSchema.parse({ tokenFile: '/t' });
+    assert.equal(ok.host, '127.0.0.1');
+    assert.equal(ok.port, 7701);
+    assert.ok(!ChannelConfigSchema.safeParse({ tokenFile: '/t', host: '0.0.0.0' }).success);
+    assert.ok(
+      ChannelConfigSchema.safeParse({
+        tokenFile: '/t',
+        host: '0.0.0.0',
+        tls: { cert: 'c', key: 'k' },
+      }).success,
+    );
+    assert.ok(!ChannelConfigSchema.safeParse({ tokenFile: '/t', maxPayload: 10 }).success);
+    assert.ok(!ChannelConfigSchema.safeParse({ tokenFile: '/t', extra: 1 }).success);
+  });
+});
+
+describe('wire schemas', () => {
+  it('are strict: unknown fields and types are refused', () => {
+    assert.ok(ClientMessageSchema.safeParse({ type: 'status', requestId: 'q' }).success);
+    assert.ok(!ClientMessageSchema.safeParse({ type: 'status', requestId: 'q', x: 1 }).success);
+    assert.ok(!ClientMessageSchema.safeParse({ type: 'nope' }).success);
+    assert.ok(
+      !ClientMessageSchema.safeParse({ type: 'attach', deployId: '../x', after: 0 }).success,
+    );
+    assert.ok(!ServerMessageSchema.safeParse({ type: 'welcome', proof: 'zz' }).success);
+  });
+});
+
+describe('deploy sessions', () => {
+  const info = (id: string, app = 'web') => ({
+    deployId: id,
+    kind: 'deploy' as const,
+    app,
+    origin,
+    subject: 'abc',
+  });
+
+  it('number events, replay those after a given one, then end with one result', async () => {
+    const s = new DeploySession(info('d1'));
+    const at = new Date().toISOString();
+    s.emit({ type: 'phase', at, app: 'web', phase: 'received' });
+    s.emit({ type: 'phase', at, app: 'web', phase: 'verified' });
+    const seen: number[] = [];
+    s.attach(1, (m) => seen.push(m.seq));
+    assert.deepEqual(seen, [2]);
+    s.emit({ type: 'log', at, app: 'web', source: 'gen-2', line: 'hi' });
+    const outcome = s.finish({ releaseId: 'v1', uploadedBytes: 10 });
+    s.finish({ error: new Error('late'), uploadedBytes: 0 });
+    assert.deepEqual(seen, [2, 3, 4]);
+    assert.equal(outcome.ok, true);
+    assert.equal((await s.done).releaseId, 'v1');
+    assert.ok('received' in outcome.phases && 'verified' in outcome.phases);
+  });
+
+  it('one running per app: a second gets DEPLOY_BUSY naming the first and its actor', async () => {
+    const reg = new SessionRegistry(2);
+    const first = reg.begin(info('d1'));
+    assert.throws(
+      () => reg.begin(info('d2')),
+      (err: Error & { code: string }) => {
+        assert.equal(err.code, 'DEPLOY_BUSY');
+        assert.match(err.message, /d1 by ci/);
+        return true;
+      },
+    );
+    reg.begin(info('other-app', 'api')).finish({ uploadedBytes: 0 });
+    first.finish({ uploadedBytes: 0 });
+    await first.done;
+    await new Promise((r) => setImmediate(r));
+    reg.begin(info('d3')).finish({ uploadedBytes: 0 });
+    await new Promise((r) => setImmediate(r));
+    assert.equal(reg.get('d1'), undefined, 'the oldest finished one is forgotten past keep');
+    assert.ok(reg.get('d3'));
+  });
+
+  it('a deploy whose upload was cut may run again under its id', () => {
+    const s = new DeploySession(info('d1'));
+    const err = Object.assign(new Error('cut'), { code: 'UPLOAD_INCOMPLETE' });
+    s.finish({ error: err, uploadedBytes: 0 });
+    assert.equal(s.retryable, true);
+    assert.ok(s.sameAs(info('d1')));
+    assert.ok(!s.sameAs({ ...info('d1'), subject: 'other' }));
+  });
+});
