@@ -2,7 +2,9 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { load } from '../support/harness.js';
+import { WebSocket } from 'ws';
+import { clientMac, makeNonce } from '../../src/transport/auth.js';
+import { load, withDeadline } from '../support/harness.js';
 import {
   batonAsync,
   jsonLines,
@@ -93,5 +95,51 @@ describe('remote deploys over the channel, direct ws:// on loopback', () => {
       .split('\n')
       .map((l) => JSON.parse(l) as { event: string; ok?: boolean });
     assert.equal(audit.filter((a) => a.event === 'deploy-finished' && a.ok).length, 2);
+  });
+});
+
+describe('heartbeats', () => {
+  it('the agent drops a peer that stops answering pings, and keeps a live one', async () => {
+    const ch = await startChannelAgent({ heartbeatMs: 300 });
+    try {
+      const open = (autoPong: boolean) =>
+        new Promise<WebSocket>((resolve, reject) => {
+          const ws = new WebSocket(`ws://127.0.0.1:${ch.channelPort}`, { autoPong });
+          ws.once('open', () => resolve(ws));
+          ws.once('error', reject);
+        });
+      const handshake = async (ws: WebSocket) => {
+        const next = () =>
+          new Promise<{ type: string; nonce?: string }>((resolve) =>
+            ws.once('message', (d: Buffer) =>
+              resolve(JSON.parse(d.toString()) as { type: string }),
+            ),
+          );
+        ws.send(JSON.stringify({ type: 'hello', protocols: [1], client: 'test' }));
+        const challenge = await next();
+        const clientNonce = makeNonce();
+        ws.send(
+          JSON.stringify({
+            type: 'auth',
+            clientNonce,
+            mac: clientMac(ch.token, challenge.nonce!, clientNonce),
+          }),
+        );
+        assert.equal((await next()).type, 'welcome');
+      };
+      const dead = await open(false);
+      const live = await open(true);
+      await handshake(dead);
+      await handshake(live);
+      const closed = await withDeadline(
+        new Promise<number>((resolve) => dead.once('close', (code) => resolve(code))),
+        'the agent drops the silent peer',
+      );
+      assert.equal(closed, 1006, 'terminated, not closed politely');
+      assert.equal(live.readyState, WebSocket.OPEN);
+      live.close();
+    } finally {
+      await ch.cleanup();
+    }
   });
 });
