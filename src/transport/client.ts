@@ -208,7 +208,14 @@ export class AgentClient {
 
   private violation(message: string): void {
     this.lost(new BatonError('PROTOCOL_VIOLATION', message));
-    this.ws.close(CloseCode.policy, message.slice(0, 120));
+    // A close reason is at most 123 bytes; the agent's text may not be ASCII.
+    this.ws.close(
+      CloseCode.policy,
+      Buffer.from(message)
+        .subarray(0, 100)
+        .toString('utf8')
+        .replace(/\uFFFD+$/, ''),
+    );
   }
 
   private lost(err: BatonError): void {
