@@ -65,7 +65,13 @@ export class AgentConnection {
     ).unref();
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
     ws.on('close', () => this.onClose());
-    ws.on('error', () => ws.terminate());
+    // ws has already begun its own close on a bad frame (1009 too big, 1007 not UTF-8): it sent
+    // the close code, which terminating at once would throw away (the peer would see 1006).
+    // Read nothing more, and do not wait on the peer for long.
+    ws.on('error', () => {
+      this.closed = true;
+      setTimeout(() => ws.terminate(), 2000).unref();
+    });
   }
 
   get authenticated(): boolean {
@@ -76,10 +82,15 @@ export class AgentConnection {
     if (!this.closed && this.ws.readyState === this.ws.OPEN) this.ws.send(JSON.stringify(msg));
   }
 
-  /** Says why, then closes. */
+  /** Says why, then closes. Nothing the peer sent after the refused frame is read. */
   private refuse(closeCode: number, code: string, message: string): void {
     this.send({ type: 'error', code, message });
-    this.ws.close(closeCode, message.slice(0, 120));
+    // ws still emits frames that arrive during the close handshake: without this, a peer could
+    // pipeline more auth guesses behind a refused one (past the failure limiter) and requests
+    // behind those.
+    this.closed = true;
+    clearTimeout(this.authTimer);
+    this.ws.close(closeCode, closeReason(message));
     // A peer that does not complete the close handshake is not waited for.
     setTimeout(() => this.ws.terminate(), 2000).unref();
   }
@@ -353,6 +364,16 @@ export class AgentConnection {
       up.stream.end();
     }
   }
+}
+
+/**
+ * A close reason is at most 123 bytes of UTF-8, and ws throws past that: a message quoting a
+ * peer's non-ASCII field name must not become an exception that ends the agent.
+ */
+function closeReason(message: string): string {
+  let reason = message.slice(0, 120);
+  while (Buffer.byteLength(reason) > 123) reason = reason.slice(0, -1);
+  return reason;
 }
 
 function toBuffer(data: RawData): Buffer {

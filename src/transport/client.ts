@@ -103,6 +103,11 @@ export class AgentClient {
       const challenge = await this.next((m) => m.type === 'challenge');
       if (challenge.type !== 'challenge') throw new Error('unreachable');
       this.agentName = challenge.agent;
+      if (!SUPPORTED_PROTOCOLS.includes(challenge.protocol))
+        throw new BatonError(
+          'PROTOCOL_MISMATCH',
+          `the agent (${challenge.agent}) chose protocol ${challenge.protocol}, this client (baton ${toolVersion()}) speaks ${SUPPORTED_PROTOCOLS.join(', ')}; upgrade the older side`,
+        );
       const clientNonce = makeNonce();
       this.send({ type: 'auth', clientNonce, mac: clientMac(token, challenge.nonce, clientNonce) });
       const welcome = await this.next((m) => m.type === 'welcome');

@@ -112,7 +112,12 @@ export class ChannelServer {
     wss.on('connection', (ws, req) => {
       const pending = [...this.connections.values()].filter((c) => !c.authenticated).length;
       if (pending >= this.config.maxPendingConnections) {
+        // The refused socket is still read until its close handshake ends: a bad frame then
+        // (too big, not UTF-8) is an 'error' event, which with no listener would end the agent.
+        // And a peer that never answers the close is not waited for.
+        ws.on('error', () => ws.terminate());
         ws.close(1013, 'too many connections waiting to authenticate; try again later');
+        setTimeout(() => ws.terminate(), 2000).unref();
         return;
       }
       const peer = req.socket.remoteAddress ?? 'unknown';
