@@ -102,11 +102,7 @@ export class ReleaseStore {
    * and size match what the manifest promised. Backpressure end to end; nothing held in memory.
    */
   async receive(source: Readable, expected: { sha256: string; size: number }): Promise<void> {
-    if (expected.size > this.opts.maxArchiveBytes)
-      throw new BatonError(
-        'ARCHIVE_TOO_LARGE',
-        `archive of ${expected.size} bytes is over this agent's limit of ${this.opts.maxArchiveBytes}; raise maxArchiveBytes in the agent config`,
-      );
+    this.checkSize(expected.size);
     const tmp = path.join(this.tmp, `upload-${process.pid}-${randomBytes(6).toString('hex')}`);
     const hash = createHash('sha256');
     let size = 0;
@@ -166,6 +162,8 @@ export class ReleaseStore {
     return this.exclusive(async () => {
       this.checkManifest(signed);
       const { archive } = signed.manifest;
+      // Refused before the client is asked for a byte.
+      this.checkSize(archive.size);
       let uploadedBytes = 0;
       const started = Date.now();
       if (await this.hasArchive(archive.sha256)) {
@@ -186,6 +184,14 @@ export class ReleaseStore {
     const run = this.queue.then(fn, fn);
     this.queue = run.catch(() => undefined);
     return run;
+  }
+
+  private checkSize(size: number): void {
+    if (size > this.opts.maxArchiveBytes)
+      throw new BatonError(
+        'ARCHIVE_TOO_LARGE',
+        `archive of ${size} bytes is over this agent's limit of ${this.opts.maxArchiveBytes}; raise maxArchiveBytes in the agent config`,
+      );
   }
 
   /** Signature against the trusted keys, and the app it is for: cheap, so done before any upload. */

@@ -317,6 +317,15 @@ export class AgentConnection {
       );
     // A few frames in flight per side; past that the socket is paused, which TCP and SSH carry back.
     const stream = new PassThrough({ highWaterMark: 4 * 1024 * 1024 });
+    // The store may refuse before it reads a byte (ARCHIVE_TOO_LARGE): then nothing listens, and
+    // destroying the stream with an error (the client leaving) would throw and end the agent.
+    stream.on('error', () => undefined);
+    // A deploy that has ended takes no more bytes: later ones are refused, not buffered.
+    void session.done.then(() => {
+      if (this.upload?.stream !== stream) return;
+      this.upload = undefined;
+      stream.destroy();
+    });
     this.upload = { session, stream, received: 0, total: bytes, lastProgress: 0 };
     this.send({ type: 'upload', deployId: session.deployId, bytes });
     if (bytes === 0) {
@@ -334,8 +343,16 @@ export class AgentConnection {
         'PROTOCOL_VIOLATION',
         'artifact bytes the agent did not ask for',
       );
-    up.received += chunk.length;
-    if (up.received > up.total) {
+    if (up.received + chunk.length > up.total) {
+      // The deploy ends with what happened. Left to the close, it would read "closed after
+      // <more than total> of <total> bytes" as UPLOAD_INCOMPLETE, which a client retries.
+      this.upload = undefined;
+      up.stream.destroy(
+        new BatonError(
+          'PROTOCOL_VIOLATION',
+          `the client sent more than the ${up.total} artifact bytes the agent asked for; nothing changed on the host`,
+        ),
+      );
       this.refuse(
         CloseCode.policy,
         'PROTOCOL_VIOLATION',
@@ -343,6 +360,7 @@ export class AgentConnection {
       );
       return;
     }
+    up.received += chunk.length;
     if (!up.stream.write(chunk)) {
       this.ws.pause();
       up.stream.once('drain', () => this.ws.resume());
