@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
-import { readFile } from 'node:fs/promises';
-import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import { clientMac, makeNonce } from '../../src/transport/auth.js';
 import { load, withDeadline } from '../support/harness.js';
 import {
   batonAsync,
-  jsonLines,
+  outcomeOf,
+  phasesOf,
+  readAudit,
   startChannelAgent,
   type ChannelAgent,
 } from '../support/channel-support.js';
@@ -24,26 +24,11 @@ describe('remote deploys over the channel, direct ws:// on loopback', () => {
   it('deploys a directory under load with every phase streamed, then redeploys it sending 0 bytes', async () => {
     const src = await ch.source('v1');
     const traffic = load(ch.appPort, { workers: 4, keepAlive: true, maxRequests: 100_000 });
-    const run = batonAsync([
-      'deploy',
-      src,
-      '--app',
-      'web',
-      '--key',
-      ch.keyFile,
-      '--release-id',
-      'v1',
-      '--json',
-      ...ch.direct,
-    ]);
+    const run = batonAsync(ch.deployArgs(src, 'v1', ...ch.direct));
     const res = await run.done;
     const served = await traffic.stop();
     assert.equal(res.code, 0, res.stderr);
-    const lines = jsonLines(res.stdout);
-    const phases = lines
-      .filter((l) => l.type === 'event')
-      .map((l) => (l.event as { phase?: string }).phase)
-      .filter(Boolean);
+    const phases = phasesOf(res.stdout);
     for (const p of [
       'received',
       'verified',
@@ -55,12 +40,7 @@ describe('remote deploys over the channel, direct ws:// on loopback', () => {
       'done',
     ])
       assert.ok(phases.includes(p), `phase ${p} in ${phases.join(',')}`);
-    const result = lines.find((l) => l.type === 'result')!.outcome as {
-      ok: boolean;
-      releaseId: string;
-      uploadedBytes: number;
-      phases: Record<string, number>;
-    };
+    const result = outcomeOf(res.stdout);
     assert.equal(result.ok, true);
     assert.equal(result.releaseId, 'v1');
     assert.ok(result.uploadedBytes > 0);
@@ -69,31 +49,14 @@ describe('remote deploys over the channel, direct ws:// on loopback', () => {
     assert.equal(served.non2xx, 0);
     assert.ok(served.bodies.has('v1'), 'the new release answered');
 
-    const again = batonAsync([
-      'deploy',
-      src,
-      '--app',
-      'web',
-      '--key',
-      ch.keyFile,
-      '--release-id',
-      'v1',
-      '--json',
-      ...ch.direct,
-    ]);
+    const again = batonAsync(ch.deployArgs(src, 'v1', ...ch.direct));
     const res2 = await again.done;
     assert.equal(res2.code, 0, res2.stderr);
-    const outcome2 = jsonLines(res2.stdout).find((l) => l.type === 'result')!.outcome as {
-      ok: boolean;
-      uploadedBytes: number;
-    };
+    const outcome2 = outcomeOf(res2.stdout);
     assert.equal(outcome2.ok, true);
     assert.equal(outcome2.uploadedBytes, 0);
 
-    const audit = (await readFile(path.join(ch.stateDir, 'audit.log'), 'utf8'))
-      .trim()
-      .split('\n')
-      .map((l) => JSON.parse(l) as { event: string; ok?: boolean });
+    const audit = await readAudit(ch);
     assert.equal(audit.filter((a) => a.event === 'deploy-finished' && a.ok).length, 2);
   });
 });

@@ -6,33 +6,19 @@ import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import type { AgentStatus } from '../../src/supervisor/agent.js';
 import { openSsh } from '../../src/transport/ssh.js';
-import { control, load, withDeadline } from '../support/harness.js';
+import { load, withDeadline } from '../support/harness.js';
 import {
   batonAsync,
+  errorCodeOf,
+  gatedHook,
   jsonLines,
+  outcomeOf,
   startChannelAgent,
+  until,
   type ChannelAgent,
 } from '../support/channel-support.js';
 import { startCutProxy, type CutProxy } from '../support/cut-proxy.js';
 import { startSshd, type TestSshd } from '../support/sshd.js';
-
-async function generation(ch: ChannelAgent): Promise<{ number: number; releaseId: string }> {
-  const status = (await control(ch.agent.socket, { method: 'status' })).result as AgentStatus;
-  return status.apps[0]!.generation!;
-}
-
-type Outcome = { ok: boolean; releaseId: string; uploadedBytes: number; kind: string };
-
-function outcomeOf(stdout: string): Outcome {
-  const found = jsonLines(stdout).find((l) => l.type === 'result');
-  assert.ok(found, `a result in:\n${stdout}`);
-  return found.outcome as Outcome;
-}
-
-/** The `baton: CODE: message` line a failed command prints. */
-function errorCodeOf(stderr: string): string | undefined {
-  return /baton: ([A-Z_]+):/.exec(stderr)?.[1];
-}
 
 describe('remote deploys through a real OpenSSH server', () => {
   let ch: ChannelAgent;
@@ -67,18 +53,7 @@ describe('remote deploys through a real OpenSSH server', () => {
   it('deploys under load with zero failed requests, lists releases, then rolls back', async () => {
     const src = await ch.source('s1');
     const traffic = load(ch.appPort, { workers: 4, keepAlive: false, maxRequests: 100_000 });
-    const res = await batonAsync([
-      'deploy',
-      src,
-      '--app',
-      'web',
-      '--key',
-      ch.keyFile,
-      '--release-id',
-      's1',
-      '--json',
-      ...ssh,
-    ]).done;
+    const res = await batonAsync(ch.deployArgs(src, 's1', ...ssh)).done;
     assert.equal(res.code, 0, res.stderr);
     const outcome = outcomeOf(res.stdout);
     assert.equal(outcome.ok, true);
@@ -108,7 +83,7 @@ describe('remote deploys through a real OpenSSH server', () => {
 
   it('refuses an unknown host key and a changed one, before anything is sent', async () => {
     const src = await ch.source('never');
-    const before = await generation(ch);
+    const before = await ch.generation();
     const empty = path.join(ch.dir, 'known_hosts_empty');
     await writeFile(empty, '');
     const common = [
@@ -150,12 +125,12 @@ describe('remote deploys through a real OpenSSH server', () => {
     const pinned = await batonAsync([...common, '--fingerprint', 'SHA256:' + 'A'.repeat(43)]).done;
     assert.notEqual(pinned.code, 0);
     assert.equal(errorCodeOf(pinned.stderr), 'SSH_HOST_KEY_MISMATCH', pinned.stderr);
-    assert.deepEqual(await generation(ch), before);
+    assert.deepEqual(await ch.generation(), before);
   });
 
   it('refuses a wrong token: AUTH_FAILED, and the app is untouched', async () => {
     const src = await ch.source('never2');
-    const before = await generation(ch);
+    const before = await ch.generation();
     const badToken = path.join(ch.dir, 'bad-token');
     await writeFile(badToken, randomBytes(32).toString('base64url'), { mode: 0o600 });
     const args = ssh.map((a) => (a === ch.tokenFile ? badToken : a));
@@ -163,29 +138,16 @@ describe('remote deploys through a real OpenSSH server', () => {
       .done;
     assert.notEqual(res.code, 0);
     assert.equal(errorCodeOf(res.stderr), 'AUTH_FAILED', res.stderr);
-    assert.deepEqual(await generation(ch), before);
+    assert.deepEqual(await ch.generation(), before);
   });
 
   it('a busy app: a second deploy gets DEPLOY_BUSY naming the first', async () => {
-    const gateFile = path.join(ch.dir, 'busy-gate');
+    const gate = gatedHook(ch.dir, 'busy-gate');
     const slow = await ch.source('slow1', {
-      hook: `while [ ! -e ${gateFile} ]; do sleep 0.05; done`,
+      hook: gate.hook,
     });
     const other = await ch.source('other1');
-    const first = batonAsync([
-      'deploy',
-      slow,
-      '--app',
-      'web',
-      '--key',
-      ch.keyFile,
-      '--release-id',
-      'slow1',
-      '--deploy-id',
-      'busy-first',
-      '--json',
-      ...ssh,
-    ]);
+    const first = batonAsync(ch.deployArgs(slow, 'slow1', '--deploy-id', 'busy-first', ...ssh));
     await ch.agent.waitFor(
       (r) => r.type === 'phase' && r.phase === 'hook-started' && r.releaseId === 'slow1',
       'the first deploy holds the app',
@@ -201,7 +163,7 @@ describe('remote deploys through a real OpenSSH server', () => {
       'other1',
       ...ssh,
     ]).done;
-    await writeFile(gateFile, 'go');
+    await gate.open();
     assert.notEqual(second.code, 0);
     assert.equal(errorCodeOf(second.stderr), 'DEPLOY_BUSY', second.stderr);
     assert.match(second.stderr, /busy-first/);
@@ -228,22 +190,11 @@ describe('remote deploys through a real OpenSSH server', () => {
       const big = await ch.source('bigssh', {
         files: { 'blob.bin': randomBytes(16 * 1024 * 1024) },
       });
-      const gen0 = await generation(ch);
+      const gen0 = await ch.generation();
       proxy.cutAfter(4 * 1024 * 1024);
-      const up = await batonAsync([
-        'deploy',
-        big,
-        '--app',
-        'web',
-        '--key',
-        ch.keyFile,
-        '--release-id',
-        'bigssh',
-        '--deploy-id',
-        'ssh-cut-upload',
-        '--json',
-        ...viaProxy,
-      ]).done;
+      const up = await batonAsync(
+        ch.deployArgs(big, 'bigssh', '--deploy-id', 'ssh-cut-upload', ...viaProxy),
+      ).done;
       assert.equal(up.code, 0, up.stderr);
       const upLines = jsonLines(up.stdout);
       assert.ok(
@@ -252,45 +203,29 @@ describe('remote deploys through a real OpenSSH server', () => {
       );
       assert.equal(upLines.filter((l) => l.type === 'result').length, 1);
       assert.equal(outcomeOf(up.stdout).releaseId, 'bigssh');
-      assert.equal((await generation(ch)).number, gen0.number + 1);
+      assert.equal((await ch.generation()).number, gen0.number + 1);
 
-      const gateFile = path.join(ch.dir, 'ssh-hook-gate');
+      const gate = gatedHook(ch.dir, 'ssh-hook-gate');
       const hooked = await ch.source('hookssh', {
-        hook: `while [ ! -e ${gateFile} ]; do sleep 0.05; done`,
+        hook: gate.hook,
       });
-      const run = batonAsync([
-        'deploy',
-        hooked,
-        '--app',
-        'web',
-        '--key',
-        ch.keyFile,
-        '--release-id',
-        'hookssh',
-        '--deploy-id',
-        'ssh-cut-hook',
-        '--json',
-        ...viaProxy,
-      ]);
+      const run = batonAsync(
+        ch.deployArgs(hooked, 'hookssh', '--deploy-id', 'ssh-cut-hook', ...viaProxy),
+      );
       await ch.agent.waitFor(
         (r) => r.type === 'phase' && r.phase === 'hook-started' && r.releaseId === 'hookssh',
         'hook started',
       );
       const seen = proxy.connections;
       proxy.cut();
-      await withDeadline(
-        (async () => {
-          while (proxy.connections <= seen) await new Promise((r) => setTimeout(r, 50));
-        })(),
-        'the client reconnects',
-      );
-      await writeFile(gateFile, 'go');
+      await until(() => proxy.connections > seen, 'the client reconnects');
+      await gate.open();
       const res = await run.done;
       assert.equal(res.code, 0, res.stderr);
       const lines = jsonLines(res.stdout);
       assert.equal(lines.filter((l) => l.type === 'result').length, 1);
       assert.equal(outcomeOf(res.stdout).releaseId, 'hookssh');
-      assert.equal((await generation(ch)).number, gen0.number + 2, 'each deployed once');
+      assert.equal((await ch.generation()).number, gen0.number + 2, 'each deployed once');
     } finally {
       await proxy.close();
     }

@@ -6,15 +6,13 @@ import { promisify } from 'node:util';
 import { tempDir } from '../support/harness.js';
 import {
   batonAsync,
-  jsonLines,
+  errorCodeOf,
+  outcomeOf,
   startChannelAgent,
   type ChannelAgent,
 } from '../support/channel-support.js';
 
 const run = promisify(execFile);
-
-/** The `baton: CODE: message` line a failed command prints. */
-const codeOf = (stderr: string) => /baton: ([A-Z_]+):/.exec(stderr)?.[1];
 
 describe('direct wss:// to an agent with TLS', () => {
   let ch: ChannelAgent;
@@ -54,28 +52,11 @@ describe('direct wss:// to an agent with TLS', () => {
 
   it('deploys with the CA pinned', async () => {
     const src = await ch.source('tls1');
-    const res = await batonAsync([
-      'deploy',
-      src,
-      '--app',
-      'web',
-      '--key',
-      ch.keyFile,
-      '--release-id',
-      'tls1',
-      '--json',
-      '--agent',
-      url(),
-      '--ca',
-      cert,
-      '--token-file',
-      ch.tokenFile,
-    ]).done;
+    const res = await batonAsync(
+      ch.deployArgs(src, 'tls1', '--agent', url(), '--ca', cert, '--token-file', ch.tokenFile),
+    ).done;
     assert.equal(res.code, 0, res.stderr);
-    const outcome = jsonLines(res.stdout).find((l) => l.type === 'result')!.outcome as {
-      ok: boolean;
-    };
-    assert.equal(outcome.ok, true);
+    assert.equal(outcomeOf(res.stdout).ok, true);
   });
 
   it('refuses a certificate nothing vouches for, and plain ws:// to a remote address', async () => {
@@ -90,6 +71,6 @@ describe('direct wss:// to an agent with TLS', () => {
       ch.tokenFile,
     ]).done;
     assert.notEqual(plain.code, 0);
-    assert.equal(codeOf(plain.stderr), 'USAGE', plain.stderr);
+    assert.equal(errorCodeOf(plain.stderr), 'USAGE', plain.stderr);
   });
 });

@@ -1,6 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import type { AgentStatus } from '../../src/supervisor/agent.js';
 import {
   CLI,
   control,
@@ -96,6 +97,10 @@ export interface ChannelAgent {
   stateDir: string;
   /** `--agent ws://127.0.0.1:<port> --token-file <file>` */
   direct: string[];
+  /** `deploy <src> --app web --key … --release-id <id> --json`, then `more` (the target, say). */
+  deployArgs(src: string, releaseId: string, ...more: string[]): string[];
+  /** The app's current generation, from the control socket. */
+  generation(): Promise<{ number: number; releaseId: string }>;
   /** Writes the source tree of a release that behaves as `mode` says (by-release-mode fixture). */
   source(
     id: string,
@@ -146,6 +151,22 @@ export async function startChannelAgent(
     keyFile: path.join(keys, 'baton.key'),
     stateDir: path.join(tmp.dir, 'state'),
     direct: ['--agent', `ws://127.0.0.1:${channelPort}`, '--token-file', tokenFile],
+    deployArgs: (src, releaseId, ...more) => [
+      'deploy',
+      src,
+      '--app',
+      'web',
+      '--key',
+      path.join(keys, 'baton.key'),
+      '--release-id',
+      releaseId,
+      '--json',
+      ...more,
+    ],
+    async generation() {
+      const status = (await control(agent.socket, { method: 'status' })).result as AgentStatus;
+      return status.apps[0]!.generation!;
+    },
     async source(id, opts = {}) {
       const src = path.join(tmp.dir, 'src', id);
       await mkdir(src, { recursive: true });
@@ -173,4 +194,73 @@ export function jsonLines(stdout: string): { type: string; [k: string]: unknown 
     .split('\n')
     .filter((l) => l.startsWith('{'))
     .map((l) => JSON.parse(l) as { type: string });
+}
+
+export interface Outcome {
+  ok: boolean;
+  kind: string;
+  releaseId: string;
+  uploadedBytes: number;
+  phases: Record<string, number>;
+  error?: { code: string; message: string };
+}
+
+/** The one `result` line of `baton deploy --json` output (asserts there is exactly one). */
+export function outcomeOf(stdout: string): Outcome {
+  const results = jsonLines(stdout).filter((l) => l.type === 'result');
+  if (results.length !== 1)
+    throw new Error(`expected one result, got ${results.length}:\n${stdout}`);
+  return results[0]!.outcome as Outcome;
+}
+
+/** The phases of the events in `baton deploy --json` output, in order. */
+export function phasesOf(stdout: string): string[] {
+  return jsonLines(stdout)
+    .filter((l) => l.type === 'event')
+    .map((l) => (l.event as { phase?: string }).phase)
+    .filter((p): p is string => p !== undefined);
+}
+
+/** The code in the `baton: CODE: message` line a failed command prints. */
+export function errorCodeOf(stderr: string): string | undefined {
+  return /baton: ([A-Z_]+):/.exec(stderr)?.[1];
+}
+
+/**
+ * A beforeRestart hook that waits until `open()` creates its gate file: a deploy held at a
+ * known step by the test itself (bounded by the hook's own timeout).
+ */
+export function gatedHook(dir: string, name: string): { hook: string; open: () => Promise<void> } {
+  const file = path.join(dir, name);
+  return {
+    // Bounded: a test that never opens it fails by the hook's timeout, not by hanging here.
+    hook: `i=0; while [ ! -e ${file} ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i+1)); done`,
+    open: () => writeFile(file, 'go'),
+  };
+}
+
+export interface AuditLine {
+  event: string;
+  deployId?: string;
+  ok?: boolean;
+  code?: string;
+}
+
+/** The agent's audit log, parsed (empty before its first line). */
+export async function readAudit(ch: ChannelAgent): Promise<AuditLine[]> {
+  const text = await readFile(path.join(ch.stateDir, 'audit.log'), 'utf8').catch(() => '');
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => JSON.parse(l) as AuditLine);
+}
+
+/** Polls (bounded by the test deadline) until `pred` holds. */
+export async function until(pred: () => boolean | Promise<boolean>, what: string): Promise<void> {
+  await withDeadline(
+    (async () => {
+      while (!(await pred())) await new Promise((r) => setTimeout(r, 50));
+    })(),
+    what,
+  );
 }
