@@ -4,14 +4,12 @@ import { randomInt } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { WebSocket, type RawData } from 'ws';
 import type { SignedManifest } from '../../src/artifact/manifest.js';
 import { deployToHost } from '../../src/deploy/host-deploy.js';
 import {
   ClientMessageSchema,
   CloseCode,
   PROTOCOL_VERSION,
-  ServerMessageSchema,
   SUPPORTED_PROTOCOLS,
   type ClientMessage,
   type ServerMessage,
@@ -22,6 +20,7 @@ import { AgentClient } from '../../src/transport/client.js';
 import { directDialer } from '../../src/transport/dialer.js';
 import { get, load, withDeadline } from '../support/harness.js';
 import { batonSync, startChannelAgent, type ChannelAgent } from '../support/channel-support.js';
+import { RawClient } from '../support/raw-client.js';
 
 /*
  * Thousands of random and mutated messages against a live agent, over many connections, before
@@ -341,89 +340,6 @@ function expectFor(frame: Buffer, binary: boolean, state: ConnState, token: stri
 
 // --- connections -----------------------------------------------------------------------------
 
-function toBuffer(data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  if (Array.isArray(data)) return Buffer.concat(data);
-  return Buffer.from(data);
-}
-
-class FuzzConnection {
-  readonly inbox: ServerMessage[] = [];
-  readonly garbage: string[] = [];
-  closedWith: { code: number; reason: string } | undefined;
-  private readonly listeners = new Set<() => void>();
-  /** Called for every upload the agent asks for, as it arrives. */
-  onUpload: (deployId: string, bytes: number) => void = () => undefined;
-
-  constructor(private readonly ws: WebSocket) {
-    ws.on('message', (data, isBinary) => {
-      const text = toBuffer(data).toString('utf8');
-      let parsed: ReturnType<typeof ServerMessageSchema.safeParse> | undefined;
-      try {
-        parsed = isBinary ? undefined : ServerMessageSchema.safeParse(JSON.parse(text));
-      } catch {
-        parsed = undefined;
-      }
-      if (parsed?.success) {
-        this.inbox.push(parsed.data);
-        if (parsed.data.type === 'upload') this.onUpload(parsed.data.deployId, parsed.data.bytes);
-      } else this.garbage.push(text.slice(0, 200));
-      this.notify();
-    });
-    ws.on('error', () => undefined);
-    ws.once('close', (code, reason) => {
-      this.closedWith = { code, reason: reason.toString() };
-      this.notify();
-    });
-  }
-
-  static async open(port: number, from: string): Promise<FuzzConnection> {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}`, {
-      localAddress: from,
-      perMessageDeflate: false,
-    });
-    const conn = new FuzzConnection(ws);
-    await withDeadline(
-      new Promise<void>((resolve, reject) => {
-        ws.once('open', () => resolve());
-        ws.once('error', reject);
-      }),
-      'a fuzz connection to open',
-    );
-    return conn;
-  }
-
-  private notify(): void {
-    for (const fn of [...this.listeners]) fn();
-  }
-
-  send(frame: Buffer, binary: boolean): void {
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.send(frame, { binary });
-  }
-
-  /** Resolves true once `done()` holds (checked on every frame and on close), false after `ms`. */
-  until(done: () => boolean, ms = PER_MESSAGE_MS): Promise<boolean> {
-    return new Promise((resolve) => {
-      const check = () => {
-        if (!done()) return;
-        finish(true);
-      };
-      const timer = setTimeout(() => finish(false), ms);
-      const finish = (ok: boolean) => {
-        clearTimeout(timer);
-        this.listeners.delete(check);
-        resolve(ok);
-      };
-      this.listeners.add(check);
-      check();
-    });
-  }
-
-  terminate(): void {
-    this.ws.terminate();
-  }
-}
-
 interface Tally {
   messages: number;
   connections: number;
@@ -456,16 +372,18 @@ async function fuzzConnection(k: number, fx: Fixture, tally: Tally): Promise<voi
     uploadId: '',
     deployIds: [],
   };
-  const conn = await FuzzConnection.open(fx.port, from);
+  const conn = await RawClient.open(fx.port, from, {
+    onMessage: (m) => {
+      if (m.type !== 'upload') return;
+      tally.uploads++;
+      state.owed = m.bytes > 0 ? m.bytes : undefined;
+      state.uploadId = m.deployId;
+    },
+  });
   tally.connections++;
-  conn.onUpload = (deployId, bytes) => {
-    tally.uploads++;
-    state.owed = bytes > 0 ? bytes : undefined;
-    state.uploadId = deployId;
-  };
   const fail = (i: number, label: string, why: string) =>
     tally.failures.push(
-      `seed ${SEED} connection ${k} (from ${from}) frame ${i} [${label}]: ${why}; got ${JSON.stringify(conn.inbox).slice(-600)}`,
+      `seed ${SEED} connection ${k} (from ${from}) frame ${i} [${label}]: ${why}; got ${JSON.stringify(conn.received).slice(-600)}`,
     );
 
   const valid = (i: number): Json => {
@@ -565,11 +483,11 @@ async function fuzzConnection(k: number, fx: Fixture, tally: Tally): Promise<voi
     label: string,
   ): Promise<boolean> => {
     const expect = expectFor(frame, binary, state, fx.token);
-    const since = conn.inbox.length;
+    const since = conn.received.length;
     const uploading = state.owed !== undefined;
     if (tally.messages >= MAX_MESSAGES) return false;
     tally.messages++;
-    conn.send(frame, binary);
+    conn.sendFrame(frame, binary);
     if (binary && expect.kind === 'none') {
       state.owed! -= frame.length;
       if (state.owed === 0) {
@@ -579,17 +497,17 @@ async function fuzzConnection(k: number, fx: Fixture, tally: Tally): Promise<voi
         const id = state.uploadId;
         let result: ServerMessage | undefined;
         const ended = await conn.until(() => {
-          result = conn.inbox.find((m) => m.type === 'result' && m.deployId === id);
+          result = conn.received.find((m) => m.type === 'result' && m.deployId === id);
           return result !== undefined || conn.closedWith !== undefined;
-        });
+        }, PER_MESSAGE_MS);
         if (!ended) fail(i, label, `the upload for ${id} is whole, and the deploy never ends`);
         else if (result?.type === 'result' && result.outcome.error?.code !== 'DIGEST_MISMATCH')
           fail(i, label, `random bytes for ${id} ended ${JSON.stringify(result.outcome)}`);
       }
     }
-    const fresh = () => conn.inbox.slice(since);
+    const fresh = () => conn.received.slice(since);
     if (expect.kind === 'close') {
-      if (!(await conn.until(() => conn.closedWith !== undefined))) {
+      if (!(await conn.until(() => conn.closedWith !== undefined, PER_MESSAGE_MS))) {
         fail(i, label, `expected a close (${expect.codes.join('/')}), the connection stayed open`);
         conn.terminate();
         return false;
@@ -614,7 +532,7 @@ async function fuzzConnection(k: number, fx: Fixture, tally: Tally): Promise<voi
     const got = await conn.until(() => {
       answer = fresh().find(expect.match);
       return answer !== undefined || conn.closedWith !== undefined;
-    });
+    }, PER_MESSAGE_MS);
     if (!got) {
       fail(i, label, 'no answer in time (a hang)');
       conn.terminate();
@@ -644,9 +562,10 @@ async function fuzzConnection(k: number, fx: Fixture, tally: Tally): Promise<voi
         const settled = await conn.until(
           () =>
             conn.closedWith !== undefined ||
-            conn.inbox.some(
+            conn.received.some(
               (m) => (m.type === 'upload' || m.type === 'result') && m.deployId === id,
             ),
+          PER_MESSAGE_MS,
         );
         if (!settled) fail(i, label, `deploy ${id} accepted, then neither upload nor result`);
       }
@@ -681,7 +600,7 @@ async function fuzzConnection(k: number, fx: Fixture, tally: Tally): Promise<voi
     }
   } finally {
     conn.terminate();
-    for (const m of conn.inbox) {
+    for (const m of conn.received) {
       const code = m.type === 'error' ? m.code : m.type === 'result' ? m.outcome.error?.code : '';
       if (code) tally.codes[code] = (tally.codes[code] ?? 0) + 1;
     }

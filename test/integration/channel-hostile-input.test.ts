@@ -2,21 +2,16 @@ import assert from 'node:assert/strict';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { WebSocket, type RawData } from 'ws';
 import type { SignedManifest } from '../../src/artifact/manifest.js';
 import { toolVersion } from '../../src/artifact/release-id.js';
-import {
-  CloseCode,
-  PROTOCOL_VERSION,
-  ServerMessageSchema,
-  type ServerMessage,
-} from '../../src/protocol/channel.js';
+import { CloseCode, PROTOCOL_VERSION } from '../../src/protocol/channel.js';
 import type { AgentStatus } from '../../src/supervisor/agent.js';
 import { agentProof, clientMac, makeNonce } from '../../src/transport/auth.js';
 import { AgentClient } from '../../src/transport/client.js';
 import { directDialer } from '../../src/transport/dialer.js';
 import { control, get, withDeadline } from '../support/harness.js';
 import { batonSync, startChannelAgent, type ChannelAgent } from '../support/channel-support.js';
+import { RawClient } from '../support/raw-client.js';
 
 /*
  * The channel under hostile input, against a real agent over real sockets. Each case is named
@@ -24,138 +19,6 @@ import { batonSync, startChannelAgent, type ChannelAgent } from '../support/chan
  * Attacks that fail logins come from their own loopback address (127.0.0.N): failed logins are
  * limited per peer, and the good client comes from 127.0.0.1.
  */
-
-type Closed = { code: number; reason: string };
-
-/** A WebSocket client that speaks the channel by hand: whatever a test sends, it sends. */
-class RawClient {
-  readonly received: ServerMessage[] = [];
-  /** Frames from the agent that are not channel messages: always a failure. */
-  readonly garbage: string[] = [];
-  closedWith: Closed | undefined;
-  private readonly closed: Promise<Closed>;
-  /** Called on every frame and on close: the waits in `next` look again. */
-  private readonly listeners = new Set<() => void>();
-
-  private constructor(private readonly ws: WebSocket) {
-    ws.on('message', (data, isBinary) => {
-      const text = toBuffer(data).toString('utf8');
-      let parsed: ReturnType<typeof ServerMessageSchema.safeParse> | undefined;
-      try {
-        parsed = isBinary ? undefined : ServerMessageSchema.safeParse(JSON.parse(text));
-      } catch {
-        parsed = undefined;
-      }
-      if (parsed?.success) this.received.push(parsed.data);
-      else this.garbage.push(text.slice(0, 200));
-      this.notify();
-    });
-    // A hostile frame may be refused while it is still being written: ECONNRESET and the like.
-    ws.on('error', () => undefined);
-    this.closed = new Promise((resolve) =>
-      ws.once('close', (code, reason) => {
-        this.closedWith = { code, reason: reason.toString() };
-        this.notify();
-        resolve(this.closedWith);
-      }),
-    );
-  }
-
-  private notify(): void {
-    for (const fn of [...this.listeners]) fn();
-  }
-
-  /**
-   * `first` frames go out in the 'open' event itself, before anything the agent sent along
-   * with its handshake answer is read (a close, say): they reach the agent whatever it decided.
-   */
-  static async open(
-    port: number,
-    from = '127.0.0.1',
-    first: { data: Buffer; binary: boolean }[] = [],
-  ): Promise<RawClient> {
-    const ws = new WebSocket(`ws://127.0.0.1:${port}`, {
-      localAddress: from,
-      perMessageDeflate: false,
-    });
-    const client = new RawClient(ws);
-    await withDeadline(
-      new Promise<void>((resolve, reject) => {
-        ws.once('open', () => {
-          for (const f of first) ws.send(f.data, { binary: f.binary });
-          resolve();
-        });
-        ws.once('error', reject);
-      }),
-      'the WebSocket to open',
-    );
-    return client;
-  }
-
-  /** Objects go as JSON text, strings as text, Buffers as binary frames. */
-  send(msg: unknown): void {
-    if (Buffer.isBuffer(msg)) this.ws.send(msg, { binary: true });
-    else this.ws.send(typeof msg === 'string' ? msg : JSON.stringify(msg));
-  }
-
-  /** A text frame with exactly these bytes, UTF-8 or not. */
-  sendTextBytes(bytes: Buffer): void {
-    this.ws.send(bytes, { binary: false });
-  }
-
-  /** The first message (received so far or later) that matches; fails if the connection ends first. */
-  next<T extends ServerMessage['type']>(
-    type: T,
-    what: string,
-    match: (msg: Extract<ServerMessage, { type: T }>) => boolean = () => true,
-  ): Promise<Extract<ServerMessage, { type: T }>> {
-    const find = () =>
-      this.received.find(
-        (m): m is Extract<ServerMessage, { type: T }> =>
-          m.type === type && match(m as Extract<ServerMessage, { type: T }>),
-      );
-    let check = () => undefined as void;
-    return withDeadline(
-      new Promise<Extract<ServerMessage, { type: T }>>((resolve, reject) => {
-        check = () => {
-          const found = find();
-          if (found) return resolve(found);
-          if (this.closedWith)
-            reject(
-              new Error(
-                `closed (${this.closedWith.code} ${this.closedWith.reason}) before ${what}; got ${JSON.stringify(this.received)}`,
-              ),
-            );
-        };
-        this.listeners.add(check);
-        check();
-      }),
-      what,
-    ).finally(() => this.listeners.delete(check));
-  }
-
-  /** Resolves when the agent has closed the connection. */
-  untilClosed(what: string): Promise<Closed> {
-    return withDeadline(this.closed, what);
-  }
-
-  errors(): Extract<ServerMessage, { type: 'error' }>[] {
-    return this.received.filter(
-      (m): m is Extract<ServerMessage, { type: 'error' }> => m.type === 'error',
-    );
-  }
-
-  close(): void {
-    if (this.ws.readyState === WebSocket.OPEN) this.ws.close(1000);
-    else this.ws.terminate();
-  }
-}
-
-function toBuffer(data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  if (Array.isArray(data)) return Buffer.concat(data);
-  return Buffer.from(data);
-}
 
 /** hello → challenge; returns the agent's nonce. */
 async function hello(c: RawClient): Promise<string> {
@@ -396,7 +259,7 @@ describe('channel under hostile input', () => {
 
   attack('text frame that is not UTF-8: closed 1007', async () => {
     const c = await RawClient.open(ch.channelPort);
-    c.sendTextBytes(Buffer.from([0x7b, 0x22, 0xff, 0xfe, 0xc3, 0x28, 0x22, 0x7d]));
+    c.sendFrame(Buffer.from([0x7b, 0x22, 0xff, 0xfe, 0xc3, 0x28, 0x22, 0x7d]), false);
     await refused(c, undefined, 1007, 'invalid UTF-8');
   });
 
@@ -674,12 +537,12 @@ describe('channel under hostile input: connections piling up unauthenticated', (
     await refused(extra, undefined, 1013, 'one past the cap');
 
     // A refused socket is read until it closes: a bad frame on it must not end the agent.
-    const hostile = await RawClient.open(ch.channelPort, '127.0.0.1', [
-      { data: Buffer.alloc(70_000), binary: true },
-    ]);
-    const notUtf8 = await RawClient.open(ch.channelPort, '127.0.0.1', [
-      { data: Buffer.from([0xff, 0xff]), binary: false },
-    ]);
+    const hostile = await RawClient.open(ch.channelPort, '127.0.0.1', {
+      first: [{ data: Buffer.alloc(70_000), binary: true }],
+    });
+    const notUtf8 = await RawClient.open(ch.channelPort, '127.0.0.1', {
+      first: [{ data: Buffer.from([0xff, 0xff]), binary: false }],
+    });
     await notUtf8.untilClosed('a refused connection sending text that is not UTF-8');
     await hostile.untilClosed('a refused connection sending bad frames');
 
