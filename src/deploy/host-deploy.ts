@@ -1,4 +1,4 @@
-import { createReadStream } from 'node:fs';
+import { open } from 'node:fs/promises';
 import type { SignedManifest } from '../artifact/manifest.js';
 import { BatonError, errorCode, errorMessage } from '../errors.js';
 import {
@@ -171,44 +171,52 @@ function follow(
   });
 }
 
-/** Streams the archive as binary frames, never more than HIGH_WATER bytes in flight. */
+/**
+ * Streams the archive as binary frames, never more than HIGH_WATER bytes in flight. The frames
+ * come from a fixed set of buffers, each reused once the socket took it: a gigabyte upload
+ * allocates 8 MiB, not a gigabyte of short-lived chunks for the collector.
+ */
 async function sendFile(
   client: AgentClient,
   file: string,
   total: number,
   reporter: HostReporter,
 ): Promise<void> {
-  let sent = 0;
-  let inFlight = 0;
-  let wake: (() => void) | undefined;
-  let failed: Error | undefined;
-  const stream = createReadStream(file, { highWaterMark: UPLOAD_CHUNK_BYTES });
+  const handle = await open(file, 'r');
   try {
-    for await (const chunk of stream as AsyncIterable<Buffer>) {
+    const size = (await handle.stat()).size;
+    if (size !== total)
+      throw new BatonError(
+        'DIGEST_MISMATCH',
+        `${file} has ${size} bytes but its manifest says ${total}: it changed after packing; pack it again`,
+      );
+    const free = Array.from({ length: HIGH_WATER / UPLOAD_CHUNK_BYTES }, () =>
+      Buffer.allocUnsafe(UPLOAD_CHUNK_BYTES),
+    );
+    let wake: (() => void) | undefined;
+    let failed: Error | undefined;
+    let sent = 0;
+    while (sent < total) {
+      while (free.length === 0 && !failed) await new Promise<void>((resolve) => (wake = resolve));
       if (failed) throw failed;
-      inFlight += chunk.length;
-      client.sendBytes(chunk).then(
+      const buf = free.pop()!;
+      const { bytesRead } = await handle.read(buf, 0, Math.min(buf.length, total - sent), sent);
+      if (bytesRead === 0)
+        throw new BatonError('DIGEST_MISMATCH', `${file} ended early: it changed after packing`);
+      client.sendBytes(buf.subarray(0, bytesRead)).then(
         () => {
-          inFlight -= chunk.length;
-          if (inFlight <= HIGH_WATER / 2) wake?.();
+          free.push(buf);
+          wake?.();
         },
         (err: unknown) => {
           failed ??= err instanceof Error ? err : new Error(String(err));
           wake?.();
         },
       );
-      sent += chunk.length;
+      sent += bytesRead;
       reporter.sent?.(sent, total);
-      if (inFlight > HIGH_WATER) await new Promise<void>((resolve) => (wake = resolve));
-      wake = undefined;
     }
-    if (failed) throw failed;
-    if (sent !== total)
-      throw new BatonError(
-        'DIGEST_MISMATCH',
-        `${file} has ${sent} bytes but its manifest says ${total}: it changed after packing; pack it again`,
-      );
   } finally {
-    stream.destroy();
+    await handle.close();
   }
 }

@@ -17,6 +17,16 @@ export interface Dialer {
   close(): Promise<void>;
 }
 
+/**
+ * A zero masking key. Masking protects browsers' neighbours from cache poisoning through
+ * proxies that do not speak WebSocket; this client is no browser, and its frames travel inside
+ * SSH or TLS (or loopback). With a zero key ws neither masks nor copies each frame here, nor
+ * unmasks it at the agent: measured, half the client's CPU on a 1 GiB upload.
+ */
+const noMask = (mask: Buffer): void => {
+  mask.fill(0);
+};
+
 /** Waits for a client WebSocket to open; its failure becomes a BatonError naming the target. */
 function opened(ws: WebSocket, describe: string, code: 'CONNECTION_LOST' | 'SSH_FORWARD_FAILED') {
   return new Promise<WebSocket>((resolve, reject) => {
@@ -69,6 +79,7 @@ export function directDialer(
           maxPayload,
           perMessageDeflate: false,
           handshakeTimeout: opts.connectTimeoutMs ?? 15_000,
+          generateMask: noMask,
           ...(opts.ca !== undefined && { ca: opts.ca }),
         }),
         url,
@@ -109,6 +120,7 @@ export function sshDialer(ssh: SshOptions, agentPort: number, agentHost = '127.0
         perMessageDeflate: false,
         handshakeTimeout: 15_000,
         createConnection: () => stream as never,
+        generateMask: noMask,
       });
       return opened(ws, describe, 'SSH_FORWARD_FAILED').catch((err: unknown) => {
         stream.destroy();
