@@ -28,6 +28,13 @@ export class Progress {
     }
   }
 
+  /** Starts over (an upload sent again after a reconnect). */
+  reset(): void {
+    this.done();
+    this.startedAt = 0;
+    this.lastQuarter = -1;
+  }
+
   /** Ends the bar's line so the next output starts clean. */
   done(): void {
     if (this.drawn) this.stream.write('\n');

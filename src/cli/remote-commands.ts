@@ -63,7 +63,7 @@ function reporterFor(flags: RemoteFlags, out: Output, host: string): HostReporte
       if (!flags.quiet) out.line(`[${host}] ${formatEvent(event)}`);
     },
     note(line) {
-      progress.done();
+      progress.reset();
       if (flags.json) out.line(JSON.stringify({ type: 'note', host, line }));
       else process.stderr.write(`[${host}] ${line}\n`);
     },
@@ -85,7 +85,7 @@ function finish(outcome: DeployOutcome, host: string, flags: RemoteFlags, out: O
     const err = outcome.error!;
     throw new BatonError(
       err.code as never,
-      `${outcome.kind} ${outcome.deployId} on ${host} failed; ${outcome.app} keeps its running release. ${err.message}`,
+      `${outcome.kind} ${outcome.deployId} on ${host} failed${'switched' in outcome.phases ? ' after the switch' : `; ${outcome.app} keeps the release it had`}. ${err.message}`,
       err.lines,
     );
   }
@@ -106,11 +106,15 @@ export async function remoteDeploy(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<void> {
   const quietOut: Output = opts.json || opts.quiet ? { line: () => {}, json: () => {} } : out;
-  const { archive, signed, cleanup } = await artifactFor(input, opts, quietOut, env);
+  // Options first: a wrong one must not leave a packed artifact behind.
   const { dialer, token, hostLabel } = await remoteTarget(opts.remote, env, (l) =>
     process.stderr.write(`${l}\n`),
   );
+  let cleanup = async () => {};
   try {
+    const artifact = await artifactFor(input, opts, quietOut, env);
+    cleanup = artifact.cleanup;
+    const { archive, signed } = artifact;
     const plan: HostPlan = {
       kind: 'deploy',
       deployId: deployIdFor(opts.remote['deploy-id'], 'deploy', opts.app, hostLabel, env),

@@ -79,7 +79,9 @@ export async function deployToHost(
       return await follow(client, plan, reporter, state);
     } catch (err) {
       const code = errorCode(err) ?? '';
-      if (!RETRYABLE.has(code) || attempt >= reconnects) throw err;
+      // openSsh retries its own connects; past those, a host that was never reached is final.
+      const again = RETRYABLE.has(code) && (code !== 'SSH_CONNECT_FAILED' || state.accepted);
+      if (!again || attempt >= reconnects) throw err;
       reporter.note(
         `${errorMessage(err)}; reconnecting in ${(backoff / 1000).toFixed(1)} s (${attempt + 1} of ${reconnects})`,
       );
@@ -141,21 +143,25 @@ function follow(
                 'the agent asked for an upload during a rollback',
               ),
             );
+          // Uploading until the agent says it received it all: bytes handed to the socket may
+          // still be lost with it.
           state.uploading = true;
-          return void sendFile(client, plan.archive, msg.bytes, reporter).then(
-            () => (state.uploading = false),
-            reject,
-          );
+          return void sendFile(client, plan.archive, msg.bytes, reporter).catch(reject);
         case 'event':
           if (msg.seq <= state.lastSeq) return;
           state.lastSeq = msg.seq;
+          if (msg.event.type === 'phase' && msg.event.phase === 'received') state.uploading = false;
           return reporter.event(msg.event);
         case 'result':
           if (msg.seq <= state.lastSeq) return;
           state.lastSeq = msg.seq;
           // Our own upload was cut: nothing changed on the host, so the deploy runs again.
-          if (msg.outcome.error?.code === 'UPLOAD_INCOMPLETE' && plan.kind === 'deploy')
+          if (msg.outcome.error?.code === 'UPLOAD_INCOMPLETE' && plan.kind === 'deploy') {
+            // That session is over: the next connection asks anew, which starts a fresh one.
+            state.accepted = false;
+            state.uploading = false;
             return reject(new BatonError('UPLOAD_INCOMPLETE', msg.outcome.error.message));
+          }
           return resolve(msg.outcome);
         case 'error':
           // The agent restarted and forgot the deploy: ask again; the store may already have it.
@@ -190,8 +196,10 @@ async function sendFile(
         'DIGEST_MISMATCH',
         `${file} has ${size} bytes but its manifest says ${total}: it changed after packing; pack it again`,
       );
-    const free = Array.from({ length: HIGH_WATER / UPLOAD_CHUNK_BYTES }, () =>
-      Buffer.allocUnsafe(UPLOAD_CHUNK_BYTES),
+    // Frames stay under the agent's limit, whatever it is configured to.
+    const chunk = Math.max(1024, Math.min(UPLOAD_CHUNK_BYTES, client.maxFrame - 1024));
+    const free = Array.from({ length: Math.ceil(HIGH_WATER / chunk) }, () =>
+      Buffer.allocUnsafe(chunk),
     );
     let wake: (() => void) | undefined;
     let failed: Error | undefined;

@@ -115,6 +115,8 @@ export const ChallengeSchema = z
     protocol: z.number().int().positive(),
     nonce: Nonce,
     agent: z.string().max(100),
+    /** The largest frame the agent takes: the client sizes its artifact frames below it. */
+    maxPayload: z.number().int().positive(),
   })
   .strict();
 

@@ -5,6 +5,7 @@ import { BatonError, errorCode, errorMessage } from '../errors.js';
 import {
   ClientMessageSchema,
   CloseCode,
+  DEFAULT_MAX_PAYLOAD,
   SUPPORTED_PROTOCOLS,
   type ClientMessage,
   type DeployRequest,
@@ -27,6 +28,10 @@ export interface ConnectionDeps {
   limiter: FailureLimiter;
   token: string;
   authTimeoutMs: number;
+  /** The largest frame accepted, announced in the challenge. */
+  maxPayload?: number;
+  /** An upload with no byte for this long ends. */
+  uploadIdleMs?: number;
   log: (record: Record<string, unknown>) => void;
   /** The connection carrying a session's upload, if one is. */
   uploadOwner: (session: DeploySession) => AgentConnection | undefined;
@@ -38,6 +43,8 @@ interface Upload {
   received: number;
   total: number;
   lastProgress: number;
+  /** Ends the upload when no byte came for uploadIdleMs. */
+  idle: NodeJS.Timeout;
 }
 
 /**
@@ -52,6 +59,8 @@ export class AgentConnection {
   private closed = false;
   private upload: Upload | undefined;
   private readonly detach = new Set<() => void>();
+  /** Sessions this connection already streams: a second attach does not send them twice. */
+  private readonly following = new Set<DeploySession>();
   private readonly authTimer: NodeJS.Timeout;
 
   constructor(
@@ -60,7 +69,12 @@ export class AgentConnection {
     private readonly deps: ConnectionDeps,
   ) {
     this.authTimer = setTimeout(
-      () => this.refuse(CloseCode.policy, 'AUTH_FAILED', 'no hello and auth in time'),
+      () =>
+        this.refuse(
+          CloseCode.policy,
+          'AUTH_TIMEOUT',
+          `no hello and auth within ${deps.authTimeoutMs} ms`,
+        ),
       deps.authTimeoutMs,
     ).unref();
     ws.on('message', (data, isBinary) => this.onMessage(data, isBinary));
@@ -155,6 +169,10 @@ export class AgentConnection {
             deployId: msg.deployId,
             message: `this agent knows no deploy ${msg.deployId} (it may have restarted since)`,
           });
+        // The client is back on this connection: an upload still open on another is dead.
+        const owner = session.outcome ? undefined : this.deps.uploadOwner(session);
+        if (owner && owner !== this) owner.cut();
+        this.deps.audit.record({ event: 'deploy-attached', peer: this.peer, ...session.info });
         this.send({ type: 'accepted', deployId: msg.deployId, attached: true });
         return this.follow(session, msg.after);
       }
@@ -184,19 +202,7 @@ export class AgentConnection {
         'PROTOCOL_MISMATCH',
         `the client speaks protocol ${protocols.join(', ')}, this agent (baton ${toolVersion()}) speaks ${SUPPORTED_PROTOCOLS.join(', ')}; upgrade the older side`,
       );
-    const wait = this.deps.limiter.blockedFor(this.peer);
-    if (wait > 0) {
-      this.deps.audit.record({
-        event: 'auth-rate-limited',
-        peer: this.peer,
-        reason: `too many failed logins; refused for ${Math.ceil(wait / 1000)} s`,
-      });
-      return this.refuse(
-        CloseCode.rateLimited,
-        'AUTH_RATE_LIMITED',
-        `too many failed logins from ${this.peer}; try again in ${Math.ceil(wait / 1000)} s`,
-      );
-    }
+    if (this.rateLimited()) return;
     this.state = 'auth';
     this.nonce = makeNonce();
     this.clientName = client;
@@ -205,12 +211,34 @@ export class AgentConnection {
       protocol: Math.max(...common),
       nonce: this.nonce,
       agent: `baton ${toolVersion()}`,
+      maxPayload: this.deps.maxPayload ?? DEFAULT_MAX_PAYLOAD,
     });
   }
 
   private clientName = '';
 
+  /**
+   * Refuses a peer past its failed-login limit. Checked at hello and again at auth: guesses
+   * sent on many connections opened at once are counted before each is compared.
+   */
+  private rateLimited(): boolean {
+    const wait = this.deps.limiter.blockedFor(this.peer);
+    if (wait <= 0) return false;
+    this.deps.audit.record({
+      event: 'auth-rate-limited',
+      peer: this.peer,
+      reason: `too many failed logins; refused for ${Math.ceil(wait / 1000)} s`,
+    });
+    this.refuse(
+      CloseCode.rateLimited,
+      'AUTH_RATE_LIMITED',
+      `too many failed logins from ${this.peer}; try again in ${Math.ceil(wait / 1000)} s`,
+    );
+    return true;
+  }
+
   private onAuth(clientNonce: string, mac: string): void {
+    if (this.rateLimited()) return;
     const expected = clientMac(this.deps.token, this.nonce, clientNonce);
     if (!macEquals(mac, expected) || clientNonce === this.nonce) {
       this.deps.limiter.fail(this.peer);
@@ -230,9 +258,14 @@ export class AgentConnection {
 
   /** Streams a session's messages to this client until either ends. */
   private follow(session: DeploySession, after: number): void {
+    if (this.following.has(session)) return;
+    this.following.add(session);
     const stop = session.attach(after, (msg) => this.send(msg));
     this.detach.add(stop);
-    void session.done.then(() => this.detach.delete(stop));
+    void session.done.then(() => {
+      this.detach.delete(stop);
+      this.following.delete(session);
+    });
   }
 
   private async onDeploy(req: DeployRequest | RollbackRequest): Promise<void> {
@@ -315,8 +348,35 @@ export class AgentConnection {
         'UPLOAD_INCOMPLETE',
         'the client left before sending the artifact; nothing changed on the host. Deploy again with the same deploy id to retry',
       );
+    if (this.upload)
+      throw new BatonError(
+        'PROTOCOL_VIOLATION',
+        `this connection is carrying the upload of ${this.upload.session.deployId}; deploy each app over its own connection`,
+      );
     // A few frames in flight per side; past that the socket is paused, which TCP and SSH carry back.
     const stream = new PassThrough({ highWaterMark: 4 * 1024 * 1024 });
+    // However the upload ends (whole, cut, refused by the store), the socket reads again: a
+    // pause waiting for a 'drain' that an ended stream never emits would leave it deaf to
+    // pongs and close frames.
+    stream.once('close', () => {
+      clearTimeout(idle);
+      this.ws.resume();
+    });
+    const idleMs = this.deps.uploadIdleMs ?? 60_000;
+    // A client that stops sending (while its socket still answers pings) must not hold the app
+    // and the store for ever.
+    const idle = setTimeout(() => {
+      if (this.upload?.stream !== stream) return;
+      this.upload = undefined;
+      stream.destroy(
+        new BatonError(
+          'UPLOAD_INCOMPLETE',
+          `no artifact bytes for ${idleMs / 1000} s; nothing changed on the host. Deploy again with the same deploy id to retry`,
+        ),
+      );
+      this.refuse(CloseCode.policy, 'UPLOAD_INCOMPLETE', 'the upload stalled');
+    }, idleMs);
+    idle.unref();
     // The store may refuse before it reads a byte (ARCHIVE_TOO_LARGE): then nothing listens, and
     // destroying the stream with an error (the client leaving) would throw and end the agent.
     stream.on('error', () => undefined);
@@ -326,7 +386,7 @@ export class AgentConnection {
       this.upload = undefined;
       stream.destroy();
     });
-    this.upload = { session, stream, received: 0, total: bytes, lastProgress: 0 };
+    this.upload = { session, stream, received: 0, total: bytes, lastProgress: 0, idle };
     this.send({ type: 'upload', deployId: session.deployId, bytes });
     if (bytes === 0) {
       this.upload = undefined;
@@ -361,6 +421,7 @@ export class AgentConnection {
       return;
     }
     up.received += chunk.length;
+    up.idle.refresh();
     if (!up.stream.write(chunk)) {
       this.ws.pause();
       up.stream.once('drain', () => this.ws.resume());
@@ -379,6 +440,7 @@ export class AgentConnection {
     }
     if (last) {
       this.upload = undefined;
+      clearTimeout(up.idle);
       up.stream.end();
     }
   }

@@ -41,6 +41,8 @@ export const ChannelConfigSchema = z
     authWindowMs: z.number().int().min(1000).max(3_600_000).default(60_000),
     /** Connections that have not authenticated yet, at most, at a time. */
     maxPendingConnections: z.number().int().min(1).max(10_000).default(32),
+    /** An upload that brings no byte for this long ends (UPLOAD_INCOMPLETE), freeing the app. */
+    uploadIdleMs: z.number().int().min(100).max(600_000).default(60_000),
     /** Finished deploys remembered for clients that re-attach. */
     keepResults: z.number().int().min(1).max(10_000).default(200),
     /** The audit log (JSON lines); default `<stateDir>/audit.log`. */

@@ -37,6 +37,8 @@ export class AgentClient {
   private readonly handlers = new Set<(msg: ServerMessage) => void>();
   private closedWith: BatonError | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
+  /** The largest frame the agent takes, from its challenge. */
+  maxFrame = DEFAULT_MAX_PAYLOAD;
   /** The agent's own description, e.g. `baton 0.1.0`. */
   agentName = '';
 
@@ -103,6 +105,7 @@ export class AgentClient {
       const challenge = await this.next((m) => m.type === 'challenge');
       if (challenge.type !== 'challenge') throw new Error('unreachable');
       this.agentName = challenge.agent;
+      this.maxFrame = challenge.maxPayload;
       if (!SUPPORTED_PROTOCOLS.includes(challenge.protocol))
         throw new BatonError(
           'PROTOCOL_MISMATCH',
@@ -132,7 +135,14 @@ export class AgentClient {
     if (this.closedWith) return Promise.reject(this.closedWith);
     return new Promise((resolve, reject) =>
       this.ws.send(chunk, { binary: true }, (err) =>
-        err ? reject(this.closedWith ?? err) : resolve(),
+        // While the agent's close frame is on its way, ws fails sends with a plain error: it is
+        // the connection going, which a reconnect can mend.
+        err
+          ? reject(
+              this.closedWith ??
+                new BatonError('CONNECTION_LOST', `the connection to the agent closed: ${err.message}`),
+            )
+          : resolve(),
       ),
     );
   }

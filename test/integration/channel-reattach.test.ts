@@ -30,44 +30,51 @@ describe('a dropped connection: the deploy comes to one consistent end, and re-a
   });
   const viaProxy = () => ['--agent', `ws://127.0.0.1:${proxy.port}`, '--token-file', ch.tokenFile];
 
-  it('cut mid-upload: the agent aborts that upload, the client reconnects and the deploy happens once', async () => {
-    // Random bytes do not compress: the archive is about as big as the file.
-    const src = await ch.source('big1', { files: { 'blob.bin': randomBytes(24 * 1024 * 1024) } });
-    const before = await ch.generation();
-    const traffic = load(ch.appPort, { workers: 2, keepAlive: true, maxRequests: 100_000 });
-    proxy.cutAfter(6 * 1024 * 1024);
-    const run = batonAsync(
-      ch.deployArgs(src, 'big1', '--deploy-id', 'cut-upload-1', ...viaProxy()),
-    );
-    const res = await run.done;
-    const served = await traffic.stop();
-    assert.equal(res.code, 0, res.stderr);
-    const lines = jsonLines(res.stdout);
-    assert.ok(
-      lines.some((l) => l.type === 'note'),
-      'a reconnect was reported',
-    );
-    const outcome = outcomeOf(res.stdout);
-    assert.equal(outcome.ok, true);
-    assert.equal(outcome.releaseId, 'big1');
-    assert.ok(outcome.uploadedBytes > 24 * 1024 * 1024);
-    const after = await ch.generation();
-    assert.equal(after.number, before.number + 1, 'deployed exactly once');
-    assert.equal(after.releaseId, 'big1');
-    assert.deepEqual(served.errors, {});
-    assert.equal(served.non2xx, 0);
-    const log = (await readAudit(ch)).filter((a) => a.deployId === 'cut-upload-1');
-    const finished = log.filter((a) => a.event === 'deploy-finished');
-    assert.deepEqual(
-      finished.map((a) => [a.ok, a.code]),
-      [
-        [false, 'UPLOAD_INCOMPLETE'],
-        [true, undefined],
-      ],
-    );
-    // The aborted upload left nothing behind.
-    assert.deepEqual(await readdir(path.join(ch.stateDir, 'apps', 'web', 'tmp')), []);
-  });
+  // 4 MiB is under what the client keeps in flight: every byte is handed to the socket before
+  // the cut, and only the agent knows the upload did not arrive.
+  for (const [mib, cutMib] of [
+    [24, 6],
+    [4, 2],
+  ] as const)
+    it(`cut mid-upload (${mib} MiB, at ${cutMib}): the agent aborts that upload, the client reconnects and the deploy happens once`, async () => {
+      const id = `big${mib}`;
+      // Random bytes do not compress: the archive is about as big as the file.
+      const src = await ch.source(id, { files: { 'blob.bin': randomBytes(mib * 1024 * 1024) } });
+      const before = await ch.generation();
+      const traffic = load(ch.appPort, { workers: 2, keepAlive: true, maxRequests: 100_000 });
+      proxy.cutAfter(cutMib * 1024 * 1024);
+      const run = batonAsync(
+        ch.deployArgs(src, id, '--deploy-id', `cut-upload-${mib}`, ...viaProxy()),
+      );
+      const res = await run.done;
+      const served = await traffic.stop();
+      assert.equal(res.code, 0, res.stderr);
+      const lines = jsonLines(res.stdout);
+      assert.ok(
+        lines.some((l) => l.type === 'note'),
+        'a reconnect was reported',
+      );
+      const outcome = outcomeOf(res.stdout);
+      assert.equal(outcome.ok, true);
+      assert.equal(outcome.releaseId, id);
+      assert.ok(outcome.uploadedBytes > mib * 1024 * 1024);
+      const after = await ch.generation();
+      assert.equal(after.number, before.number + 1, 'deployed exactly once');
+      assert.equal(after.releaseId, id);
+      assert.deepEqual(served.errors, {});
+      assert.equal(served.non2xx, 0);
+      const log = (await readAudit(ch)).filter((a) => a.deployId === `cut-upload-${mib}`);
+      const finished = log.filter((a) => a.event === 'deploy-finished');
+      assert.deepEqual(
+        finished.map((a) => [a.ok, a.code]),
+        [
+          [false, 'UPLOAD_INCOMPLETE'],
+          [true, undefined],
+        ],
+      );
+      // The aborted upload left nothing behind.
+      assert.deepEqual(await readdir(path.join(ch.stateDir, 'apps', 'web', 'tmp')), []);
+    });
 
   it('cut mid-hook: the agent finishes on its own, the client re-attaches and gets the one result', async () => {
     const gate = gatedHook(ch.dir, 'hook-gate');
