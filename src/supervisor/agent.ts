@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { closeSync, openSync } from 'node:fs';
+import { closeSync, fstatSync, openSync } from 'node:fs';
 import { chmod, mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -62,6 +62,23 @@ async function readSignedManifest(file: string): Promise<SignedManifest> {
   }
 }
 
+/** The last lines written to `file` after offset `from` (read from at most its last 16 KiB). */
+async function logTail(file: string, from: number, count = 5): Promise<string[]> {
+  const handle = await open(file, 'r').catch(() => undefined);
+  if (!handle) return [];
+  try {
+    const size = (await handle.stat()).size;
+    const start = Math.max(from, size - 16 * 1024);
+    const buf = Buffer.alloc(Math.max(0, size - start));
+    await handle.read(buf, 0, buf.length, start);
+    return buf.toString('utf8').trimEnd().split('\n').filter(Boolean).slice(-count);
+  } catch {
+    return [];
+  } finally {
+    await handle.close();
+  }
+}
+
 export interface AgentStatus {
   pid: number;
   startedAt: string;
@@ -117,6 +134,21 @@ export class Agent {
     // mkdir leaves an existing directory as it was: the control socket and state live here.
     await chmod(this.config.stateDir, 0o700);
     await mkdir(this.paths.logDir, { recursive: true, mode: 0o700 });
+    // The stores first: the channel answers queries while the apps start, and an app it knows
+    // has its store.
+    for (const app of this.config.apps) {
+      const store = new ReleaseStore({
+        root: path.join(this.config.stateDir, 'apps', app.name),
+        app: app.name,
+        keep: app.keepReleases,
+        trustedKeys: this.config.trustedKeys,
+        allowUnsigned: this.config.allowUnsigned,
+        maxArchiveBytes: app.maxArchiveBytes,
+        limits: app.unpack,
+      });
+      await store.init();
+      this.stores.set(app.name, store);
+    }
     const saved = await this.state.load();
     const inherited = inheritedFds(this.env);
     const opened: Listener[] = [];
@@ -134,19 +166,6 @@ export class Agent {
     } catch (err) {
       closeAll(opened);
       throw err;
-    }
-    for (const app of this.config.apps) {
-      const store = new ReleaseStore({
-        root: path.join(this.config.stateDir, 'apps', app.name),
-        app: app.name,
-        keep: app.keepReleases,
-        trustedKeys: this.config.trustedKeys,
-        allowUnsigned: this.config.allowUnsigned,
-        maxArchiveBytes: app.maxArchiveBytes,
-        limits: app.unpack,
-      });
-      await store.init();
-      this.stores.set(app.name, store);
     }
     for (const sup of this.apps.values()) {
       if (!(await sup.adopt())) await sup.start();
@@ -175,6 +194,8 @@ export class Agent {
 
   private supervisor(name: string): AppSupervisor {
     const sup = this.apps.get(name);
+    if (!sup && this.config.apps.some((a) => a.name === name))
+      throw new BatonError('APP_UNKNOWN', `${name} is not started yet; try again in a moment`);
     if (!sup)
       throw new BatonError(
         'APP_UNKNOWN',
@@ -223,10 +244,10 @@ export class Agent {
     signed: SignedManifest,
     source: (bytes: number) => Readable,
   ): Promise<StoreDeployResult & { uploadedBytes: number }> {
+    // No busy check here: the supervisor decides when the release is ready, and it lets a
+    // deploy go before a crash-restart loop (the fix for what keeps failing). A deploy truly
+    // under way gets DEPLOY_BUSY from it; the stored release then waits for the retry.
     const sup = this.supervisor(app);
-    const busy = sup.status().deploy;
-    if (busy !== undefined)
-      throw new BatonError('DEPLOY_BUSY', `busy: ${busy} of ${app} in progress on this host`);
     const store = this.stores.get(app)!;
     const releaseId = signed.manifest.releaseId;
     const release = await store.addFrom(signed, source, (phase, durationMs, detail) =>
@@ -280,8 +301,19 @@ export class Agent {
       throw err;
     }
     const { release, previous } = sup.status();
-    const pruned = await store.prune(release?.id, previous?.id);
-    return { ...result, pruned };
+    try {
+      return { ...result, pruned: await store.prune(release?.id, previous?.id) };
+    } catch (err) {
+      // The new release serves: a deploy that did its work is not reported failed for the
+      // housekeeping after it. The next deploy prunes again.
+      report(this.reporter, {
+        type: 'log',
+        app: sup.app.name,
+        source: 'store',
+        line: `removing old releases failed (the deploy itself succeeded): ${errorMessage(err)}`,
+      });
+      return { ...result, pruned: { removed: [], bytesFreed: 0 } };
+    }
   }
 
   async reload(app?: string): Promise<DeployResult[]> {
@@ -321,6 +353,8 @@ export class Agent {
     for (const sup of sups) sup.detach();
     const notifyFd = 3 + fds.length;
     const out = openSync(this.paths.agentLog, 'a', 0o600);
+    // Where the successor's own lines start, to quote them if it fails.
+    const logFrom = fstatSync(out).size;
     const env: NodeJS.ProcessEnv = {
       ...process.env,
       LISTEN_FDS: String(fds.length),
@@ -372,7 +406,9 @@ export class Agent {
       });
     } catch (err) {
       for (const sup of sups) sup.resume();
-      throw err;
+      if (!(err instanceof BatonError)) throw err;
+      // Why it failed (a bad token file, a port taken) is in its last lines: show them here.
+      throw new BatonError(err.code, err.message, await logTail(this.paths.agentLog, logFrom));
     } finally {
       clearTimeout(timer);
     }

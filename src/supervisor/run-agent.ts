@@ -1,4 +1,4 @@
-import { mkdir } from 'node:fs/promises';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { BatonError, errorMessage } from '../errors.js';
 import type { SupervisorEvent } from '../protocol/events.js';
 import { notifyReady } from '../protocol/systemd.js';
@@ -31,6 +31,9 @@ export async function runAgent(
   const predecessor = Number(env.BATON_PREDECESSOR_PID) || undefined;
   await claimPidFile(paths.pidFile, predecessor);
   const agent = new Agent(config, configFile, jsonLine, env);
+  const channel = config.channel
+    ? new ChannelServer(config.channel, channelAgent(agent), config.stateDir, jsonLine)
+    : undefined;
   // A stop asked for while the apps start is kept for when they have: dying halfway would
   // leave a generation that no state file records.
   let stopAsked: NodeJS.Signals | undefined;
@@ -38,29 +41,38 @@ export async function runAgent(
   process.on('SIGTERM', askStop);
   process.on('SIGINT', askStop);
   try {
-    await agent.start();
+    if (channel) {
+      agent.channelPort = () => channel.port;
+      // The token and TLS files are read and checked before any app is touched: a bad one fails
+      // here, with nothing started.
+      await channel.prepare();
+      if (predecessor !== undefined) {
+        // A new agent taking over in an upgrade binds the channel before it adopts the apps:
+        // until it says READY they are still the old agent's, and a failure after adopting them
+        // could only stop them (the old agent would then cold-restart them). A deploy asked
+        // for meanwhile is told to come back in a moment.
+        channel.registry.closed = 'the agent is being upgraded; try again in a moment';
+        await channel.listen();
+      }
+    }
+    try {
+      await agent.start();
+      // A plain start binds once the apps are up: a client that connects earlier is refused
+      // and retries. A taken port then stops the apps this agent has just started itself.
+      if (predecessor === undefined) await channel?.listen();
+    } catch (err) {
+      await agent.stop().catch(() => undefined);
+      throw err;
+    }
   } catch (err) {
-    await agent.stop().catch(() => undefined);
+    await channel?.close();
     await releasePidFile(paths.pidFile);
     throw err;
   } finally {
     process.off('SIGTERM', askStop);
     process.off('SIGINT', askStop);
   }
-
-  const channel = config.channel
-    ? new ChannelServer(config.channel, channelAgent(agent), config.stateDir, jsonLine)
-    : undefined;
-  if (channel) {
-    agent.channelPort = () => channel.port;
-    try {
-      await channel.listen();
-    } catch (err) {
-      await agent.stop().catch(() => undefined);
-      await releasePidFile(paths.pidFile);
-      throw err;
-    }
-  }
+  if (channel) channel.registry.closed = undefined;
 
   let finish: (how: 'stopped' | 'handed-off') => void = () => undefined;
   const finished = new Promise<'stopped' | 'handed-off'>((resolve) => (finish = resolve));
@@ -74,18 +86,33 @@ export async function runAgent(
           'busy: a remote deploy is in progress; upgrade the agent when it ends',
         );
       upgrading = true;
-      await control.stopListening();
-      // The successor binds the channel's port itself: a client that connects meanwhile retries.
-      await channel?.stopListening();
+      // From here no new remote deploy starts on this agent, even over a connection already
+      // open: the apps are about to be handed over.
+      if (channel) channel.registry.closed = 'the agent is being upgraded; try again in a moment';
       try {
+        await control.stopListening();
+        // The successor binds the channel's port itself: a client that connects meanwhile retries.
+        await channel?.stopListening();
         const successor = await agent.spawnSuccessor(successorArgv);
         jsonLine({ type: 'agent', msg: `handed over to new agent pid ${successor.pid}` });
         setImmediate(() => void successor.done().then(() => finish('handed-off')));
         return { pid: successor.pid };
       } catch (err) {
         upgrading = false;
+        if (channel) channel.registry.closed = undefined;
+        // This agent carries on: the PID file, which the successor claimed, names it again.
+        await writeFile(paths.pidFile, `${process.pid}\n`, { mode: 0o644 }).catch((e: unknown) =>
+          jsonLine({ type: 'agent', level: 'error', msg: errorMessage(e) }),
+        );
         await control.listen(paths.socket);
-        await channel?.resumeListening();
+        // Not fatal to the upgrade's answer: the error that ended the upgrade is the one to see.
+        await channel?.resumeListening().catch((e: unknown) =>
+          jsonLine({
+            type: 'channel',
+            level: 'error',
+            msg: `the channel cannot listen again: ${errorMessage(e)}`,
+          }),
+        );
         throw err;
       }
     },

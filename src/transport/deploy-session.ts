@@ -6,8 +6,14 @@ import type {
   ServerMessage,
 } from '../protocol/channel.js';
 
-/** Messages a session keeps for re-attaching clients; past it, log lines and progress are not kept. */
-const MAX_KEPT_MESSAGES = 5000;
+/**
+ * What a running session keeps of its log lines and upload progress for re-attaching clients:
+ * past either limit they are passed on live but not kept. Phases and the result are always kept.
+ */
+const MAX_KEPT_DETAIL_MESSAGES = 5000;
+const MAX_KEPT_DETAIL_BYTES = 1024 * 1024;
+/** Roughly what a kept event costs beyond its log line: the envelope, the timestamp, the fields. */
+const EVENT_OVERHEAD_BYTES = 160;
 
 export type SessionMessage = Extract<ServerMessage, { type: 'event' } | { type: 'result' }>;
 type Listener = (msg: SessionMessage) => void;
@@ -27,19 +33,26 @@ export interface SessionInfo {
  * client that re-attaches; the outcome stays after the end.
  */
 export class DeploySession {
-  private readonly kept: SessionMessage[] = [];
+  private kept: SessionMessage[] = [];
+  private keptDetail = { messages: 0, bytes: 0 };
   private readonly listeners = new Set<Listener>();
   private seq = 0;
-  private readonly startedAt = new Date();
+  private readonly startedAt: number;
   private readonly phases: Record<string, number> = {};
-  private lastPhaseAt = Date.now();
+  private lastPhaseAt: number;
   outcome: DeployOutcome | undefined;
   /** Settles when the session has its outcome. */
   readonly done: Promise<DeployOutcome>;
   private settle: (o: DeployOutcome) => void = () => undefined;
 
-  constructor(readonly info: SessionInfo) {
+  constructor(
+    readonly info: SessionInfo,
+    /** The wall clock (ms since the epoch); a test may pass one that steps back. */
+    private readonly clock: () => number = Date.now,
+  ) {
     this.done = new Promise((resolve) => (this.settle = resolve));
+    this.startedAt = clock();
+    this.lastPhaseAt = this.startedAt;
   }
 
   get deployId(): string {
@@ -47,9 +60,22 @@ export class DeploySession {
   }
 
   private publish(msg: SessionMessage): void {
-    const droppable = msg.type === 'event' && msg.event.type !== 'phase';
-    if (this.kept.length < MAX_KEPT_MESSAGES || !droppable) this.kept.push(msg);
+    if (msg.type === 'result' || msg.event.type === 'phase') this.kept.push(msg);
+    else this.keepDetail(msg, msg.event);
     for (const fn of this.listeners) fn(msg);
+  }
+
+  /** Keeps a log line or progress event while the session is under its limits for them. */
+  private keepDetail(msg: SessionMessage, event: Exclude<DeployEvent, { type: 'phase' }>): void {
+    const bytes =
+      EVENT_OVERHEAD_BYTES +
+      (event.type === 'log' ? Buffer.byteLength(event.line) + event.source.length : 0);
+    const kept = this.keptDetail;
+    if (kept.messages >= MAX_KEPT_DETAIL_MESSAGES || kept.bytes + bytes > MAX_KEPT_DETAIL_BYTES)
+      return;
+    kept.messages++;
+    kept.bytes += bytes;
+    this.kept.push(msg);
   }
 
   emit(event: DeployEvent): void {
@@ -57,7 +83,7 @@ export class DeploySession {
     if (event.type === 'phase') {
       // Per-phase durations: time from the previous step to this one.
       const key = event.hook ? `${event.phase}:${event.hook}` : event.phase;
-      const now = Date.parse(event.at) || Date.now();
+      const now = Date.parse(event.at) || this.clock();
       this.phases[key] = (this.phases[key] ?? 0) + Math.max(0, now - this.lastPhaseAt);
       this.lastPhaseAt = now;
     }
@@ -77,15 +103,16 @@ export class DeploySession {
       | { error: unknown; uploadedBytes: number },
   ): DeployOutcome {
     if (this.outcome) return this.outcome;
-    const finishedAt = new Date();
+    const finishedAt = this.clock();
     const base = {
       deployId: this.deployId,
       kind: this.info.kind,
       app: this.info.app,
-      phases: this.phases,
-      totalMs: finishedAt.getTime() - this.startedAt.getTime(),
-      startedAt: this.startedAt.toISOString(),
-      finishedAt: finishedAt.toISOString(),
+      phases: { ...this.phases },
+      // A wall clock stepped back (NTP, a VM resumed) must not make a negative duration.
+      totalMs: Math.max(0, finishedAt - this.startedAt),
+      startedAt: new Date(this.startedAt).toISOString(),
+      finishedAt: new Date(finishedAt).toISOString(),
     };
     let outcome: DeployOutcome;
     if ('error' in result) {
@@ -106,6 +133,10 @@ export class DeploySession {
     this.outcome = outcome;
     this.publish({ type: 'result', deployId: this.deployId, seq: ++this.seq, outcome });
     this.listeners.clear();
+    // A finished session is kept (up to keepResults of them) for clients that re-attach: its
+    // phases and result are what they need; its log lines could be megabytes each.
+    this.kept = this.kept.filter((m) => m.type === 'result' || m.event.type === 'phase');
+    this.keptDetail = { messages: 0, bytes: 0 };
     this.settle(outcome);
     return outcome;
   }
@@ -130,9 +161,13 @@ export class DeploySession {
     );
   }
 
-  /** A deploy whose upload never arrived whole changed nothing: the same id may run again. */
+  /**
+   * A deploy that changed nothing may run again under the same id: its upload never arrived
+   * whole, or it was refused because another deploy of the app was under way.
+   */
   get retryable(): boolean {
-    return this.outcome?.error?.code === 'UPLOAD_INCOMPLETE';
+    const code = this.outcome?.error?.code;
+    return code === 'UPLOAD_INCOMPLETE' || code === 'DEPLOY_BUSY';
   }
 }
 
@@ -143,6 +178,11 @@ export class DeploySession {
 export class SessionRegistry {
   private readonly byId = new Map<string, DeploySession>();
   private readonly running = new Map<string, DeploySession>();
+  /**
+   * Set while no new session may start (the agent is starting its apps, or being upgraded): the
+   * reason, sent with DEPLOY_BUSY. Sessions already running carry on; attaching still works.
+   */
+  closed: string | undefined;
 
   constructor(private readonly keep: number) {}
 
@@ -160,10 +200,11 @@ export class SessionRegistry {
   }
 
   /**
-   * Starts a session, or throws DEPLOY_BUSY when the app has one running. The session leaves the
-   * running set when it finishes.
+   * Starts a session, or throws DEPLOY_BUSY when the app has one running or the registry is
+   * closed. The session leaves the running set when it finishes.
    */
   begin(info: SessionInfo): DeploySession {
+    if (this.closed !== undefined) throw new BatonError('DEPLOY_BUSY', `busy: ${this.closed}`);
     const busy = this.running.get(info.app);
     if (busy)
       throw new BatonError(

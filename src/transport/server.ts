@@ -2,6 +2,7 @@ import { readFile } from 'node:fs/promises';
 import http from 'node:http';
 import https from 'node:https';
 import type { AddressInfo } from 'node:net';
+import { createSecureContext } from 'node:tls';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
@@ -75,6 +76,7 @@ export class ChannelServer {
   private heartbeat: NodeJS.Timeout | undefined;
   private boundPort = 0;
   private readonly alive = new WeakSet<WebSocket>();
+  private files: { token: string; tls: { cert: Buffer; key: Buffer } | undefined } | undefined;
 
   constructor(
     private readonly config: ChannelConfig,
@@ -89,16 +91,35 @@ export class ChannelServer {
     );
   }
 
-  /** Reads the token and TLS files, then listens. Bad files fail here, before anything serves. */
-  async listen(): Promise<{ url: string; port: number }> {
+  /**
+   * Reads and checks the token and TLS files, binding nothing: the agent calls it before it
+   * starts or adopts any app, so a bad file fails there, with nothing to undo.
+   */
+  async prepare(): Promise<void> {
     const token = await readTokenFile(this.config.tokenFile, { private: true });
     const tls = this.config.tls;
-    const server = tls
-      ? https.createServer({
-          cert: await readPem(tls.cert, 'tls.cert'),
-          key: await readPem(tls.key, 'tls.key'),
-        })
-      : http.createServer();
+    let pems: { cert: Buffer; key: Buffer } | undefined;
+    if (tls) {
+      pems = { cert: await readPem(tls.cert, 'tls.cert'), key: await readPem(tls.key, 'tls.key') };
+      try {
+        // What https.createServer does with them: a PEM that is not one, or a key that does not
+        // match the certificate, fails here rather than after the apps have started.
+        createSecureContext(pems);
+      } catch (err) {
+        throw new BatonError(
+          'CHANNEL_CONFIG_INVALID',
+          `channel.tls: ${tls.cert} and ${tls.key} are not a usable certificate and key: ${errorMessage(err)}`,
+        );
+      }
+    }
+    this.files = { token, tls: pems };
+  }
+
+  /** Listens (reading the files first unless `prepare` has). */
+  async listen(): Promise<{ url: string; port: number }> {
+    if (!this.files) await this.prepare();
+    const { token, tls } = this.files!;
+    const server = tls ? https.createServer(tls) : http.createServer();
     server.headersTimeout = 10_000;
     server.requestTimeout = 10_000;
     server.on('request', (_req, res) => {
@@ -130,6 +151,8 @@ export class ChannelServer {
         limiter: this.limiter,
         token,
         authTimeoutMs: this.config.authTimeoutMs,
+        maxPayload: this.config.maxPayload,
+        uploadIdleMs: this.config.uploadIdleMs,
         log: this.log,
         uploadOwner: (session) => [...this.connections.values()].find((c) => c.uploads(session)),
       });

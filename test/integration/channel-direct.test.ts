@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import { clientMac, makeNonce } from '../../src/transport/auth.js';
@@ -101,6 +102,22 @@ describe('heartbeats', () => {
       assert.equal(closed, 1006, 'terminated, not closed politely');
       assert.equal(live.readyState, WebSocket.OPEN);
       live.close();
+    } finally {
+      await ch.cleanup();
+    }
+  });
+});
+
+describe('an agent with a small maxPayload', () => {
+  it('takes an upload: the client sizes its frames to the limit the agent announces', async () => {
+    const ch = await startChannelAgent({ maxPayload: 65_536 });
+    try {
+      const src = await ch.source('small-frames', {
+        files: { 'blob.bin': randomBytes(1024 * 1024) },
+      });
+      const res = await batonAsync(ch.deployArgs(src, 'small-frames', ...ch.direct)).done;
+      assert.equal(res.code, 0, res.stderr);
+      assert.equal(outcomeOf(res.stdout).releaseId, 'small-frames');
     } finally {
       await ch.cleanup();
     }

@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -151,7 +152,7 @@ async function serves(ch: ChannelAgent, opts: { retryBusy?: boolean }): Promise<
 async function pack(
   ch: ChannelAgent,
   id: string,
-  opts: { hook?: string } = {},
+  opts: { hook?: string; files?: Record<string, Buffer> } = {},
 ): Promise<{ signed: SignedManifest; bytes: Buffer }> {
   const src = await ch.source(id, opts);
   const out = path.join(ch.dir, 'packed');
@@ -506,11 +507,11 @@ describe('channel under hostile input: a client that never authenticates', () =>
 
   it('silent, or stopping after hello: dropped after authTimeoutMs', async () => {
     const silent = await RawClient.open(ch.channelPort);
-    await refused(silent, 'AUTH_FAILED', CloseCode.policy, 'a silent client');
+    await refused(silent, 'AUTH_TIMEOUT', CloseCode.policy, 'a silent client');
 
     const stalled = await RawClient.open(ch.channelPort);
     await hello(stalled);
-    await refused(stalled, 'AUTH_FAILED', CloseCode.policy, 'a client stopped after hello');
+    await refused(stalled, 'AUTH_TIMEOUT', CloseCode.policy, 'a client stopped after hello');
     await stillServes(ch);
   });
 });
@@ -591,6 +592,45 @@ describe('channel under hostile input: an artifact over the size limit', () => {
     await pushy.next('result', 'the refusal');
     pushy.send(bytes);
     await refused(pushy, 'PROTOCOL_VIOLATION', CloseCode.policy, 'bytes after the end');
+    await stillServes(ch);
+  });
+});
+
+describe('a stalled upload', () => {
+  let ch: ChannelAgent;
+  before(async () => {
+    ch = await startChannelAgent({ maxPayload: 65_536, uploadIdleMs: 500 });
+  });
+  after(async () => {
+    await ch?.cleanup();
+  });
+
+  it('a client that stops sending (while answering pings) loses the upload, and the app is free again', async () => {
+    const { signed, bytes } = await pack(ch, 'stall', {
+      files: { 'blob.bin': randomBytes(256 * 1024) },
+    });
+    const before = await generation(ch);
+    const staller = await RawClient.open(ch.channelPort);
+    await authenticate(staller, ch.token);
+    staller.send(deployRequest('stall-1', signed));
+    await staller.next('upload', 'the agent asks for the bytes');
+    sendBytes(staller, bytes.subarray(0, 32 * 1024));
+    await refused(staller, 'UPLOAD_INCOMPLETE', CloseCode.policy, 'a stalled upload');
+    const outcome = await outcomeOf(ch, 'stall-1');
+    assert.equal(outcome.error?.code, 'UPLOAD_INCOMPLETE');
+    assert.deepEqual(await generation(ch), before);
+    // Nothing changed, so the same deploy id may run again, now whole.
+    const retry = await RawClient.open(ch.channelPort);
+    try {
+      await authenticate(retry, ch.token);
+      retry.send(deployRequest('stall-1', signed));
+      await retry.next('upload', 'asked again');
+      sendBytes(retry, bytes);
+      const result = await retry.next('result', 'the retried deploy');
+      assert.equal(result.outcome.ok, true, JSON.stringify(result.outcome.error));
+    } finally {
+      retry.close();
+    }
     await stillServes(ch);
   });
 });

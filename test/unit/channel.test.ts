@@ -2,7 +2,12 @@ import assert from 'node:assert/strict';
 import { chmod, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { ClientMessageSchema, ServerMessageSchema } from '../../src/protocol/channel.js';
+import { BatonError } from '../../src/errors.js';
+import {
+  ClientMessageSchema,
+  DeployOutcomeSchema,
+  ServerMessageSchema,
+} from '../../src/protocol/channel.js';
 import {
   agentProof,
   checkToken,
@@ -14,7 +19,11 @@ import {
   readTokenFile,
 } from '../../src/transport/auth.js';
 import { ChannelConfigSchema } from '../../src/transport/channel-config.js';
-import { DeploySession, SessionRegistry } from '../../src/transport/deploy-session.js';
+import {
+  DeploySession,
+  SessionRegistry,
+  type SessionMessage,
+} from '../../src/transport/deploy-session.js';
 import { rejectsWith } from '../support/artifact-support.js';
 import { tempDir } from '../support/harness.js';
 
@@ -151,5 +160,106 @@ describe('deploy sessions', () => {
     assert.equal(s.retryable, true);
     assert.ok(s.sameAs(info('d1')));
     assert.ok(!s.sameAs({ ...info('d1'), subject: 'other' }));
+  });
+});
+
+describe('deploy sessions: what they keep', () => {
+  const info = (id: string, app = 'web') => ({
+    deployId: id,
+    kind: 'deploy' as const,
+    app,
+    origin,
+    subject: 'abc',
+  });
+  const at = () => new Date().toISOString();
+  const replay = (s: DeploySession) => {
+    const msgs: SessionMessage[] = [];
+    s.attach(0, (m) => msgs.push(m));
+    return msgs;
+  };
+  const kinds = (msgs: SessionMessage[]) =>
+    msgs.map((m) => (m.type === 'result' ? 'result' : m.event.type));
+
+  it('a finished session keeps its phases and result, not its log lines and progress', () => {
+    const s = new DeploySession(info('d1'));
+    const live: SessionMessage[] = [];
+    s.attach(0, (m) => live.push(m));
+    s.emit({ type: 'phase', at: at(), app: 'web', phase: 'received' });
+    s.emit({ type: 'progress', at: at(), app: 'web', bytes: 10, total: 20 });
+    s.emit({ type: 'log', at: at(), app: 'web', source: 'gen-2', line: 'starting' });
+    s.emit({ type: 'phase', at: at(), app: 'web', phase: 'switched' });
+    assert.deepEqual(kinds(replay(s)), ['phase', 'progress', 'log', 'phase'], 'kept while running');
+    s.finish({ releaseId: 'v1', uploadedBytes: 20 });
+    assert.deepEqual(kinds(live), ['phase', 'progress', 'log', 'phase', 'result']);
+    const kept = replay(s);
+    assert.deepEqual(kinds(kept), ['phase', 'phase', 'result']);
+    assert.deepEqual(
+      kept.map((m) => m.seq),
+      [1, 4, 5],
+      'numbers unchanged',
+    );
+  });
+
+  it('log flood while running: past 1 MiB its lines are passed on live but not kept; phases always are', () => {
+    const s = new DeploySession(info('d1'));
+    let live = 0;
+    s.attach(0, () => live++);
+    const line = 'x'.repeat(1000);
+    for (let i = 0; i < 4000; i++)
+      s.emit({ type: 'log', at: at(), app: 'web', source: 'gen-2', line });
+    s.emit({ type: 'phase', at: at(), app: 'web', phase: 'ready' });
+    assert.equal(live, 4001);
+    const kept = replay(s);
+    const logs = kept.filter((m) => m.type === 'event' && m.event.type === 'log');
+    const bytes = logs.reduce(
+      (n, m) => n + (m.type === 'event' && m.event.type === 'log' ? m.event.line.length : 0),
+      0,
+    );
+    assert.ok(logs.length > 0, 'the first lines are kept');
+    assert.ok(bytes <= 1024 * 1024, `kept ${bytes} bytes of log lines`);
+    assert.equal(kinds(kept).at(-1), 'phase', 'the phase after the flood is kept');
+  });
+
+  it('a wall clock stepped back gives durations of 0, never negative ones the client would refuse', () => {
+    let now = Date.parse('2030-01-01T00:00:10Z');
+    const s = new DeploySession(info('d1'), () => now);
+    s.emit({ type: 'phase', at: '2030-01-01T00:00:11Z', app: 'web', phase: 'received' });
+    // NTP steps the clock back by a minute.
+    s.emit({ type: 'phase', at: '2030-01-01T00:00:05Z', app: 'web', phase: 'verified' });
+    now -= 60_000;
+    const outcome = s.finish({ releaseId: 'v1', uploadedBytes: 0 });
+    assert.equal(outcome.totalMs, 0);
+    assert.equal(outcome.phases.received, 1000);
+    assert.equal(outcome.phases.verified, 0);
+    assert.ok(DeployOutcomeSchema.safeParse(outcome).success);
+  });
+
+  it('a deploy refused as busy changed nothing: it may run again under its id', () => {
+    const s = new DeploySession(info('d1'));
+    s.finish({ error: new BatonError('DEPLOY_BUSY', 'busy'), uploadedBytes: 0 });
+    assert.equal(s.retryable, true);
+    const failed = new DeploySession(info('d2'));
+    failed.finish({ error: new BatonError('GENERATION_EXITED', 'exit 1'), uploadedBytes: 10 });
+    assert.equal(failed.retryable, false, 'a deploy that ran and failed is its own result');
+  });
+
+  it('a closed registry starts no session (an agent upgrade) and says why; running ones go on', async () => {
+    const reg = new SessionRegistry(10);
+    const running = reg.begin(info('d1'));
+    reg.closed = 'the agent is being upgraded; try again in a moment';
+    assert.throws(
+      () => reg.begin(info('d2', 'api')),
+      (err: Error & { code: string }) => {
+        assert.equal(err.code, 'DEPLOY_BUSY');
+        assert.match(err.message, /upgraded/);
+        return true;
+      },
+    );
+    assert.equal(reg.get('d2'), undefined);
+    assert.equal(reg.active('web'), running);
+    running.finish({ uploadedBytes: 0 });
+    await running.done;
+    reg.closed = undefined;
+    assert.ok(reg.begin(info('d2', 'api')));
   });
 });
