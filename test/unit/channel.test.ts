@@ -28,6 +28,13 @@ import { rejectsWith } from '../support/artifact-support.js';
 import { tempDir } from '../support/harness.js';
 
 const origin = { actor: 'ci' };
+const info = (id: string, app = 'web') => ({
+  deployId: id,
+  kind: 'deploy' as const,
+  app,
+  origin,
+  subject: 'abc',
+});
 
 describe('channel auth', () => {
   it('client and agent MACs differ, bind both nonces, and compare in constant time', () => {
@@ -107,14 +114,6 @@ describe('wire schemas', () => {
 });
 
 describe('deploy sessions', () => {
-  const info = (id: string, app = 'web') => ({
-    deployId: id,
-    kind: 'deploy' as const,
-    app,
-    origin,
-    subject: 'abc',
-  });
-
   it('number events, replay those after a given one, then end with one result', async () => {
     const s = new DeploySession(info('d1'));
     const at = new Date().toISOString();
@@ -164,13 +163,6 @@ describe('deploy sessions', () => {
 });
 
 describe('deploy sessions: what they keep', () => {
-  const info = (id: string, app = 'web') => ({
-    deployId: id,
-    kind: 'deploy' as const,
-    app,
-    origin,
-    subject: 'abc',
-  });
   const at = () => new Date().toISOString();
   const replay = (s: DeploySession) => {
     const msgs: SessionMessage[] = [];
