@@ -30,15 +30,19 @@ export function channelAgent(agent: Agent): ChannelAgent {
   return {
     async run(session, req, upload) {
       const app = req.app;
-      const unsubscribe = agent.subscribe((event) => {
-        if (event.app === app) session.emit(event);
-      });
+      // Bytes count as uploaded once the store has them whole: a cut upload sent none that stay.
+      let asked = 0;
       let uploadedBytes = 0;
+      const unsubscribe = agent.subscribe((event) => {
+        if (event.app !== app) return;
+        if (event.type === 'phase' && event.phase === 'received') uploadedBytes = asked;
+        session.emit(event);
+      });
       try {
         const result =
           req.type === 'deploy'
             ? await agent.deployReceived(app, req.manifest, (bytes) => {
-                uploadedBytes = bytes;
+                asked = bytes;
                 return upload(bytes);
               })
             : { ...(await agent.rollback(app, req.to)), uploadedBytes: 0 };

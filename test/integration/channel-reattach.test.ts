@@ -126,6 +126,7 @@ describe('a dropped connection: the deploy comes to one consistent end, and re-a
     )!;
     assert.equal(finished.ok, false);
     assert.equal(finished.code, 'UPLOAD_INCOMPLETE');
+    assert.equal(finished.uploadedBytes, 0, 'bytes of a cut upload do not count');
     assert.deepEqual(await ch.generation(), before);
     assert.deepEqual(await readdir(path.join(ch.stateDir, 'apps', 'web', 'tmp')), []);
     const releases = (await control(ch.agent.socket, { method: 'releases', app: 'web' }))

@@ -244,6 +244,7 @@ export interface AuditLine {
   deployId?: string;
   ok?: boolean;
   code?: string;
+  uploadedBytes?: number;
 }
 
 /** The agent's audit log, parsed (empty before its first line). */
