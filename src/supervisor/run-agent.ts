@@ -123,6 +123,8 @@ export async function runAgent(
   const onStop = (signal: NodeJS.Signals) => {
     if (stopping || upgrading) return;
     stopping = true;
+    // A deploy asked for now would upload in full and then find its app stopped.
+    if (channel) channel.registry.closed = 'the agent is stopping';
     jsonLine({ type: 'agent', msg: `${signal}: draining apps and stopping` });
     agent
       .stop()

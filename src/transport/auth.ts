@@ -109,7 +109,19 @@ export class FailureLimiter {
   fail(peer: string): void {
     const list = this.recent(peer);
     list.push(this.now());
-    // Memory stays bounded whatever a peer does.
+    // Memory stays bounded whatever a peer does: a few times per peer, and peers whose failures
+    // have all left the window are forgotten.
     this.failures.set(peer, list.slice(-this.max));
+    if (this.failures.size > 1000) for (const p of [...this.failures.keys()]) this.recent(p);
+    // Past that, many addresses failing at once (IPv6 has plenty): the oldest are let go.
+    for (const p of this.failures.keys()) {
+      if (this.failures.size <= 10_000) break;
+      this.failures.delete(p);
+    }
+  }
+
+  /** Peers with a failure in the window (for tests and status). */
+  get size(): number {
+    return this.failures.size;
   }
 }

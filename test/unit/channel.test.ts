@@ -80,6 +80,12 @@ describe('channel auth', () => {
     assert.equal(limiter.blockedFor('b'), 0, 'other peers are not blocked');
     now += 60_001;
     assert.equal(limiter.blockedFor('a'), 0);
+    // Peers seen once and never again do not pile up.
+    for (let i = 0; i < 5000; i++) {
+      limiter.fail(`p${i}`);
+      now += 60;
+    }
+    assert.ok(limiter.size <= 1001, `${limiter.size} peers kept`);
   });
 });
 
