@@ -110,6 +110,8 @@ describe('a dropped connection: the deploy comes to one consistent end, and re-a
     const before = await ch.generation();
     const run = batonAsync(
       ch.deployArgs(src, 'big2', '--deploy-id', 'gone-upload-1', ...ch.direct),
+      // Killed with SIGKILL, it cannot remove its packing dir: keep that in the test's own.
+      { TMPDIR: ch.dir },
     );
     await run.waitLine((l) => l.includes('"progress"'), 'upload under way');
     process.kill(run.pid, 'SIGKILL');
@@ -141,7 +143,8 @@ describe('a dropped connection: the deploy comes to one consistent end, and re-a
     });
     const before = await ch.generation();
     const args = ch.deployArgs(src, 'hooked2', '--deploy-id', 'gone-hook-1', ...ch.direct);
-    const first = batonAsync(args);
+    // Killed with SIGKILL, it cannot remove its packing dir: keep that in the test's own.
+    const first = batonAsync(args, { TMPDIR: ch.dir });
     await ch.agent.waitFor(
       (r) => r.type === 'phase' && r.phase === 'hook-started' && r.releaseId === 'hooked2',
       'hook started',
