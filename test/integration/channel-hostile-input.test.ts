@@ -11,7 +11,14 @@ import { agentProof, clientMac, makeNonce } from '../../src/transport/auth.js';
 import { AgentClient } from '../../src/transport/client.js';
 import { directDialer } from '../../src/transport/dialer.js';
 import { control, get, withDeadline } from '../support/harness.js';
-import { batonSync, startChannelAgent, type ChannelAgent } from '../support/channel-support.js';
+import {
+  batonSync,
+  readAudit,
+  startChannelAgent,
+  until,
+  type AuditLine,
+  type ChannelAgent,
+} from '../support/channel-support.js';
 import { RawClient } from '../support/raw-client.js';
 
 /*
@@ -57,40 +64,9 @@ async function refused(c: RawClient, code: string | undefined, closeCode: number
   assert.ok(Buffer.byteLength(closed.reason) <= 123);
 }
 
-interface AuditEntry {
-  event: string;
-  peer?: string;
-  deployId?: string;
-  ok?: boolean;
-  code?: string;
-}
-
-async function audit(ch: ChannelAgent): Promise<AuditEntry[]> {
-  const text = await readFile(path.join(ch.stateDir, 'audit.log'), 'utf8').catch(() => '');
-  return text
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as AuditEntry);
-}
-
-/** Polls (bounded) until `pred` holds. */
-async function until(pred: () => Promise<boolean>, what: string): Promise<void> {
-  await withDeadline(
-    (async () => {
-      while (!(await pred())) await new Promise((r) => setTimeout(r, 25));
-    })(),
-    what,
-  );
-}
-
-async function auditEntry(ch: ChannelAgent, pred: (a: AuditEntry) => boolean, what: string) {
-  await until(async () => (await audit(ch)).some(pred), `audit log: ${what}`);
-  return (await audit(ch)).find(pred)!;
-}
-
-async function generation(ch: ChannelAgent): Promise<{ number: number; releaseId: string }> {
-  const status = (await control(ch.agent.socket, { method: 'status' })).result as AgentStatus;
-  return status.apps[0]!.generation!;
+async function auditEntry(ch: ChannelAgent, pred: (a: AuditLine) => boolean, what: string) {
+  await until(async () => (await readAudit(ch)).some(pred), `audit log: ${what}`);
+  return (await readAudit(ch)).find(pred)!;
 }
 
 /**
@@ -116,7 +92,7 @@ async function stillServes(ch: ChannelAgent, opts: { retryBusy?: boolean } = {})
 async function serves(ch: ChannelAgent, opts: { retryBusy?: boolean }): Promise<void> {
   const res = await withDeadline(get(ch.appPort), 'the app to answer');
   assert.equal(res.status, 200);
-  assert.equal(res.body.split(' ')[0], (await generation(ch)).releaseId);
+  assert.equal(res.body.split(' ')[0], (await ch.generation()).releaseId);
   const dialer = directDialer(`ws://127.0.0.1:${ch.channelPort}`);
   let client: AgentClient | undefined;
   await withDeadline(
@@ -293,7 +269,7 @@ describe('channel under hostile input', () => {
         'auth-rate-limited',
       );
       assert.equal(
-        (await audit(ch)).filter((a) => a.event === 'auth-failed' && a.peer === peer).length,
+        (await readAudit(ch)).filter((a) => a.event === 'auth-failed' && a.peer === peer).length,
         3,
       );
       // stillServes: another peer (127.0.0.1) still gets in.
@@ -319,7 +295,7 @@ describe('channel under hostile input', () => {
     next.close();
     await auditEntry(ch, (a) => a.event === 'connected' && a.peer === peer, 'connected');
     assert.deepEqual(
-      (await audit(ch)).filter((a) => a.peer === peer).map((a) => a.event),
+      (await readAudit(ch)).filter((a) => a.peer === peer).map((a) => a.event),
       ['auth-failed', 'connected'],
     );
   });
@@ -365,7 +341,7 @@ describe('channel under hostile input', () => {
 
   attack('requests before auth: refused, closed 1008, nothing runs', async () => {
     const { signed } = await pack(ch, 'preauth');
-    const before = await generation(ch);
+    const before = await ch.generation();
     const origin = { actor: 'mallory' };
     const requests = [
       deployRequest('preauth-1', signed, 'mallory'),
@@ -387,8 +363,8 @@ describe('channel under hostile input', () => {
         );
       }
     }
-    assert.ok(!(await audit(ch)).some((a) => a.deployId?.startsWith('preauth-')));
-    assert.deepEqual(await generation(ch), before);
+    assert.ok(!(await readAudit(ch)).some((a) => a.deployId?.startsWith('preauth-')));
+    assert.deepEqual(await ch.generation(), before);
   });
 
   attack('artifact bytes nobody asked for, after auth: closed 1008', async () => {
@@ -402,7 +378,7 @@ describe('channel under hostile input', () => {
     'more artifact bytes than announced: closed, the deploy fails, the old release serves',
     async () => {
       const { signed, bytes } = await pack(ch, 'overflow');
-      const before = await generation(ch);
+      const before = await ch.generation();
       const c = await RawClient.open(ch.channelPort);
       await authenticate(c, ch.token);
       c.send(deployRequest('overflow-1', signed));
@@ -416,7 +392,7 @@ describe('channel under hostile input', () => {
       const outcome = await outcomeOf(ch, 'overflow-1');
       assert.equal(outcome.ok, false);
       assert.equal(outcome.error?.code, 'PROTOCOL_VIOLATION', JSON.stringify(outcome.error));
-      assert.deepEqual(await generation(ch), before);
+      assert.deepEqual(await ch.generation(), before);
       const releases = (await control(ch.agent.socket, { method: 'releases', app: 'web' }))
         .result as { id: string }[];
       assert.ok(!releases.some((r) => r.id === 'overflow'));
@@ -491,7 +467,7 @@ describe('channel under hostile input', () => {
       assert.equal(result.outcome.ok, true, JSON.stringify(result.outcome.error));
       assert.equal(result.outcome.releaseId, 'busy-a');
       alice.close();
-      assert.equal((await generation(ch)).releaseId, 'busy-a');
+      assert.equal((await ch.generation()).releaseId, 'busy-a');
     },
   );
 });
@@ -609,7 +585,7 @@ describe('a stalled upload', () => {
     const { signed, bytes } = await pack(ch, 'stall', {
       files: { 'blob.bin': randomBytes(256 * 1024) },
     });
-    const before = await generation(ch);
+    const before = await ch.generation();
     const staller = await RawClient.open(ch.channelPort);
     await authenticate(staller, ch.token);
     staller.send(deployRequest('stall-1', signed));
@@ -618,7 +594,7 @@ describe('a stalled upload', () => {
     await refused(staller, 'UPLOAD_INCOMPLETE', CloseCode.policy, 'a stalled upload');
     const outcome = await outcomeOf(ch, 'stall-1');
     assert.equal(outcome.error?.code, 'UPLOAD_INCOMPLETE');
-    assert.deepEqual(await generation(ch), before);
+    assert.deepEqual(await ch.generation(), before);
     // Nothing changed, so the same deploy id may run again, now whole.
     const retry = await RawClient.open(ch.channelPort);
     try {

@@ -241,6 +241,7 @@ export function gatedHook(dir: string, name: string): { hook: string; open: () =
 
 export interface AuditLine {
   event: string;
+  peer?: string;
   deployId?: string;
   ok?: boolean;
   code?: string;
