@@ -17,6 +17,7 @@ import { agentProof, clientMac, macEquals, makeNonce, type FailureLimiter } from
 import type { AuditLog } from './audit.js';
 import type { DeploySession, SessionInfo, SessionRegistry } from './deploy-session.js';
 import type { ChannelAgent } from './server.js';
+import { closeSoon, frameBytes } from './frames.js';
 
 /** Progress events at most this often during an upload. */
 const PROGRESS_EVERY_MS = 250;
@@ -84,7 +85,7 @@ export class AgentConnection {
     // Read nothing more, and do not wait on the peer for long.
     ws.on('error', () => {
       this.closed = true;
-      setTimeout(() => ws.terminate(), 2000).unref();
+      closeSoon(ws);
     });
   }
 
@@ -104,9 +105,8 @@ export class AgentConnection {
     // behind those.
     this.closed = true;
     clearTimeout(this.authTimer);
-    this.ws.close(closeCode, closeReason(message));
     // A peer that does not complete the close handshake is not waited for.
-    setTimeout(() => this.ws.terminate(), 2000).unref();
+    closeSoon(this.ws, closeCode, message);
   }
 
   private onClose(): void {
@@ -128,10 +128,10 @@ export class AgentConnection {
 
   private onMessage(data: RawData, isBinary: boolean): void {
     if (this.closed) return;
-    if (isBinary) return this.onBytes(toBuffer(data));
+    if (isBinary) return this.onBytes(frameBytes(data));
     let raw: unknown;
     try {
-      raw = JSON.parse(toBuffer(data).toString('utf8'));
+      raw = JSON.parse(frameBytes(data).toString('utf8'));
     } catch {
       return this.refuse(CloseCode.policy, 'PROTOCOL_VIOLATION', 'a text frame that is not JSON');
     }
@@ -444,20 +444,4 @@ export class AgentConnection {
       up.stream.end();
     }
   }
-}
-
-/**
- * A close reason is at most 123 bytes of UTF-8, and ws throws past that: a message quoting a
- * peer's non-ASCII field name must not become an exception that ends the agent.
- */
-function closeReason(message: string): string {
-  let reason = message.slice(0, 120);
-  while (Buffer.byteLength(reason) > 123) reason = reason.slice(0, -1);
-  return reason;
-}
-
-function toBuffer(data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  if (Array.isArray(data)) return Buffer.concat(data);
-  return Buffer.from(data);
 }

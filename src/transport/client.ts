@@ -12,6 +12,7 @@ import {
 import { formatIssues } from '../supervisor/config.js';
 import { agentProof, clientMac, macEquals, makeNonce } from './auth.js';
 import type { Dialer } from './dialer.js';
+import { closeReason, frameBytes } from './frames.js';
 
 /** How long the handshake (hello to welcome) may take once the socket is open. */
 const HANDSHAKE_TIMEOUT_MS = 15_000;
@@ -140,7 +141,10 @@ export class AgentClient {
         err
           ? reject(
               this.closedWith ??
-                new BatonError('CONNECTION_LOST', `the connection to the agent closed: ${err.message}`),
+                new BatonError(
+                  'CONNECTION_LOST',
+                  `the connection to the agent closed: ${err.message}`,
+                ),
             )
           : resolve(),
       ),
@@ -198,7 +202,7 @@ export class AgentClient {
     if (isBinary) return this.violation('the agent sent a binary frame');
     let raw: unknown;
     try {
-      raw = JSON.parse(toBuffer(data).toString('utf8'));
+      raw = JSON.parse(frameBytes(data).toString('utf8'));
     } catch {
       return this.violation('the agent sent a frame that is not JSON');
     }
@@ -223,14 +227,7 @@ export class AgentClient {
 
   private violation(message: string): void {
     this.lost(new BatonError('PROTOCOL_VIOLATION', message));
-    // A close reason is at most 123 bytes; the agent's text may not be ASCII.
-    this.ws.close(
-      CloseCode.policy,
-      Buffer.from(message)
-        .subarray(0, 100)
-        .toString('utf8')
-        .replace(/\uFFFD+$/, ''),
-    );
+    this.ws.close(CloseCode.policy, closeReason(message));
   }
 
   private lost(err: BatonError): void {
@@ -241,10 +238,4 @@ export class AgentClient {
     if (this.ws.readyState !== WebSocket.CLOSED && this.ws.readyState !== WebSocket.CLOSING)
       this.ws.terminate();
   }
-}
-
-function toBuffer(data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  if (Array.isArray(data)) return Buffer.concat(data);
-  return Buffer.from(data);
 }

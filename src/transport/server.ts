@@ -14,6 +14,7 @@ import { AuditLog } from './audit.js';
 import { FailureLimiter, readTokenFile } from './auth.js';
 import type { ChannelConfig } from './channel-config.js';
 import { SessionRegistry, type DeploySession } from './deploy-session.js';
+import { closeSoon } from './frames.js';
 
 /** What the channel needs from the agent: run a deploy or rollback to its end, answer queries. */
 export interface ChannelAgent {
@@ -141,8 +142,7 @@ export class ChannelServer {
         // (too big, not UTF-8) is an 'error' event, which with no listener would end the agent.
         // And a peer that never answers the close is not waited for.
         ws.on('error', () => ws.terminate());
-        ws.close(1013, 'too many connections waiting to authenticate; try again later');
-        setTimeout(() => ws.terminate(), 2000).unref();
+        closeSoon(ws, 1013, 'too many connections waiting to authenticate; try again later');
         return;
       }
       const peer = req.socket.remoteAddress ?? 'unknown';

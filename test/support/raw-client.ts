@@ -1,6 +1,7 @@
-import { WebSocket, type RawData } from 'ws';
+import { WebSocket } from 'ws';
 import { ServerMessageSchema, type ServerMessage } from '../../src/protocol/channel.js';
 import { withDeadline } from './harness.js';
+import { frameBytes } from '../../src/transport/frames.js';
 
 /** How the agent ended a connection. */
 export type Closed = { code: number; reason: string };
@@ -37,7 +38,7 @@ export class RawClient {
     onMessage: (msg: ServerMessage) => void = () => undefined,
   ) {
     ws.on('message', (data, isBinary) => {
-      const text = toBuffer(data).toString('utf8');
+      const text = frameBytes(data).toString('utf8');
       let parsed: ReturnType<typeof ServerMessageSchema.safeParse> | undefined;
       try {
         parsed = isBinary ? undefined : ServerMessageSchema.safeParse(JSON.parse(text));
@@ -169,10 +170,4 @@ export class RawClient {
   terminate(): void {
     this.ws.terminate();
   }
-}
-
-function toBuffer(data: RawData): Buffer {
-  if (Buffer.isBuffer(data)) return data;
-  if (Array.isArray(data)) return Buffer.concat(data);
-  return Buffer.from(data);
 }
