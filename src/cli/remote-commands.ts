@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { SignedManifest } from '../artifact/manifest.js';
 import { parseSignedManifest } from '../artifact/sign.js';
 import { BatonError, errorMessage } from '../errors.js';
-import type { DeployEvent, DeployOutcome } from '../protocol/channel.js';
+import type { DeployEvent, DeployOrigin, DeployOutcome } from '../protocol/channel.js';
 import { deployToHost, type HostPlan, type HostReporter } from '../deploy/host-deploy.js';
 import { AgentClient } from '../transport/client.js';
 import { formatEvent, type Output } from './agent-commands.js';
@@ -91,6 +91,38 @@ function finish(outcome: DeployOutcome, host: string, flags: RemoteFlags, out: O
   }
 }
 
+const toStderr = (line: string) => void process.stderr.write(`${line}\n`);
+
+/**
+ * Reaches the agent the options name (checked before `plan` runs, so a wrong option packs
+ * nothing), runs one deploy or rollback there to its outcome, prints it, and lets go.
+ */
+async function runOnHost(
+  kind: HostPlan['kind'],
+  opts: { app: string; remote: RemoteValues } & RemoteFlags,
+  out: Output,
+  env: NodeJS.ProcessEnv,
+  plan: (base: { deployId: string; app: string; origin: DeployOrigin }) => Promise<HostPlan>,
+): Promise<void> {
+  const { dialer, token, hostLabel } = await remoteTarget(opts.remote, env, toStderr);
+  try {
+    const base = {
+      deployId: deployIdFor(opts.remote['deploy-id'], kind, opts.app, hostLabel, env),
+      app: opts.app,
+      origin: originFromEnv(env),
+    };
+    const outcome = await deployToHost(
+      dialer,
+      token,
+      await plan(base),
+      reporterFor(opts, out, hostLabel),
+    );
+    finish(outcome, hostLabel, opts, out);
+  } finally {
+    await dialer.close();
+  }
+}
+
 /** `baton deploy <dir|archive> --app NAME (--host … | --agent …)`. */
 export async function remoteDeploy(
   input: string,
@@ -106,53 +138,31 @@ export async function remoteDeploy(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<void> {
   const quietOut: Output = opts.json || opts.quiet ? { line: () => {}, json: () => {} } : out;
-  // Options first: a wrong one must not leave a packed artifact behind.
-  const { dialer, token, hostLabel } = await remoteTarget(opts.remote, env, (l) =>
-    process.stderr.write(`${l}\n`),
-  );
   let cleanup = async () => {};
   try {
-    const artifact = await artifactFor(input, opts, quietOut, env);
-    cleanup = artifact.cleanup;
-    const { archive, signed } = artifact;
-    const plan: HostPlan = {
-      kind: 'deploy',
-      deployId: deployIdFor(opts.remote['deploy-id'], 'deploy', opts.app, hostLabel, env),
-      app: opts.app,
-      manifest: signed,
-      archive,
-      origin: originFromEnv(env),
-    };
-    const outcome = await deployToHost(dialer, token, plan, reporterFor(opts, out, hostLabel));
-    finish(outcome, hostLabel, opts, out);
+    await runOnHost('deploy', opts, out, env, async (base) => {
+      const artifact = await artifactFor(input, opts, quietOut, env);
+      cleanup = artifact.cleanup;
+      return { kind: 'deploy', ...base, manifest: artifact.signed, archive: artifact.archive };
+    });
   } finally {
-    await dialer.close();
     await cleanup();
   }
 }
 
 /** `baton rollback --app NAME [--to RELEASE] (--host … | --agent …)`. */
-export async function remoteRollback(
+export function remoteRollback(
   opts: { app: string; to?: string; remote: RemoteValues } & RemoteFlags,
   out: Output,
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<void> {
-  const { dialer, token, hostLabel } = await remoteTarget(opts.remote, env, (l) =>
-    process.stderr.write(`${l}\n`),
-  );
-  try {
-    const plan: HostPlan = {
+  return runOnHost('rollback', opts, out, env, (base) =>
+    Promise.resolve({
       kind: 'rollback',
-      deployId: deployIdFor(opts.remote['deploy-id'], 'rollback', opts.app, hostLabel, env),
-      app: opts.app,
+      ...base,
       ...(opts.to !== undefined && { to: opts.to }),
-      origin: originFromEnv(env),
-    };
-    const outcome = await deployToHost(dialer, token, plan, reporterFor(opts, out, hostLabel));
-    finish(outcome, hostLabel, opts, out);
-  } finally {
-    await dialer.close();
-  }
+    }),
+  );
 }
 
 /** `baton releases` and `baton status` against a remote agent: one query, printed. */
@@ -161,7 +171,7 @@ export async function remoteQuery(
   remote: RemoteValues,
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<unknown> {
-  const { dialer, token } = await remoteTarget(remote, env, (l) => process.stderr.write(`${l}\n`));
+  const { dialer, token } = await remoteTarget(remote, env, toStderr);
   let client: AgentClient | undefined;
   try {
     client = await AgentClient.connect(dialer, token);
