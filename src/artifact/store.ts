@@ -135,17 +135,21 @@ export class ReleaseStore {
     }
   }
 
-  /** Imports an archive file from this host's disk (a local deploy). Free when the store has it. */
-  async importFile(file: string, expected: { sha256: string; size: number }): Promise<void> {
-    if (await this.hasArchive(expected.sha256)) return;
+  /**
+   * Imports an archive file from this host's disk (a local deploy). Free when the store has it;
+   * true when it was copied (and hashed) now.
+   */
+  async importFile(file: string, expected: { sha256: string; size: number }): Promise<boolean> {
+    if (await this.hasArchive(expected.sha256)) return false;
     await this.receive(createReadStream(file), expected);
+    return true;
   }
 
   /** Import and prepare as one step, never at the same time as a prune of this store. */
   add(file: string, signed: SignedManifest): Promise<StoredRelease> {
     return this.exclusive(async () => {
-      await this.importFile(file, signed.manifest.archive);
-      return this.prepare(signed);
+      const copied = await this.importFile(file, signed.manifest.archive);
+      return this.prepare(signed, undefined, copied);
     });
   }
 
@@ -173,7 +177,7 @@ export class ReleaseStore {
         uploadedBytes = archive.size;
         step('received', Date.now() - started, `${archive.size} bytes`);
       }
-      return { ...(await this.prepare(signed, step)), uploadedBytes };
+      return { ...(await this.prepare(signed, step, uploadedBytes > 0)), uploadedBytes };
     });
   }
 
@@ -214,6 +218,8 @@ export class ReleaseStore {
   async prepare(
     signed: SignedManifest,
     step: StepReporter = () => undefined,
+    /** The archive was hashed against the manifest as it arrived, in this same store step. */
+    justReceived = false,
   ): Promise<StoredRelease> {
     const manifest = this.checkManifest(signed);
     const dir = path.join(this.releases, manifest.releaseId);
@@ -236,7 +242,9 @@ export class ReleaseStore {
         `the store has no archive ${manifest.archive.sha256}; upload it first`,
       );
     let started = Date.now();
-    await verifyArchiveDigest(archive, manifest);
+    // A stored archive is hashed again (the disk may have changed it since); one that receive()
+    // hashed a moment ago, under the same lock, is not read a second time.
+    if (!justReceived) await verifyArchiveDigest(archive, manifest);
     step('verified', Date.now() - started, 'signature and sha256');
     started = Date.now();
     await rm(dir, { recursive: true, force: true });
