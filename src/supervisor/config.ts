@@ -75,6 +75,22 @@ export const ReadinessSchema = z.discriminatedUnion('type', [
     .strict(),
   z
     .object({
+      /**
+       * systemd's protocol, unchanged: the app sends `READY=1` (and `STATUS=`, `WATCHDOG=1`,
+       * `MAINPID=`, `EXTEND_TIMEOUT_USEC=` …) as datagrams to `$NOTIFY_SOCKET`, a socket private
+       * to the generation. Needs the optional package node-unix-socket.
+       */
+      type: z.literal('systemd'),
+      timeoutMs: z.number().int().positive().default(30_000),
+      /**
+       * Like `WatchdogSec=`: the app gets `WATCHDOG_USEC` and must send `WATCHDOG=1` at least this
+       * often once ready; a generation that stops is restarted like a crash, listeners kept.
+       */
+      watchdogMs: z.number().int().positive().optional(),
+    })
+    .strict(),
+  z
+    .object({
       /** Ready after a fixed delay, if the process is still alive. The weakest check. */
       type: z.literal('delay'),
       ms: z.number().int().nonnegative().default(1000),
@@ -82,6 +98,35 @@ export const ReadinessSchema = z.discriminatedUnion('type', [
     .strict(),
 ]);
 export type ReadinessConfig = z.infer<typeof ReadinessSchema>;
+
+/** A user or group: a name as in /etc/passwd, or a number. */
+const ACCOUNT = /^(?:[A-Za-z_][A-Za-z0-9_.-]{0,31}\$?|\d{1,10})$/;
+const ENV_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+
+/**
+ * A path inside the app's shared area, linked into every release at the same place: relative,
+ * no `..`, no `.`, nothing empty. Symlinks on the way are checked against the disk when the
+ * agent starts and before every link.
+ */
+const SharedPathSchema = z
+  .string()
+  .min(1)
+  .max(1024)
+  .refine((p) => !p.startsWith('/'), {
+    message: 'a shared path is relative to the release (e.g. "storage/uploads"), not absolute',
+  })
+  .refine(
+    (p) =>
+      p
+        .replace(/\/+$/, '')
+        .split('/')
+        .every((part) => part !== '' && part !== '.' && part !== '..'),
+    {
+      message:
+        'a shared path may not contain "..", "." or empty parts: it must stay in the app\'s shared area',
+    },
+  )
+  .transform((p) => p.replace(/\/+$/, ''));
 
 const SIGNALS = [
   'SIGTERM',
@@ -139,6 +184,55 @@ export const AppSchema = z
       .default({}),
     /** Extra environment for the app and its hooks. */
     env: z.record(z.string(), z.string()).default({}),
+    /**
+     * A file on this host (systemd's `EnvironmentFile=` syntax: KEY=value lines, # comments,
+     * quotes) read at every start of a generation or hook, so secrets stay on the host.
+     */
+    envFile: z.string().min(1).optional(),
+    /** Keys (from `env` or `envFile`) whose values are masked in every event, log line and error. */
+    secretEnv: z.array(z.string().regex(ENV_NAME, 'an environment variable name')).default([]),
+    /** The user the app and its hooks run as (a name or uid). Required when the agent runs as root, unless `allowRoot`. */
+    user: z.string().regex(ACCOUNT, 'a user name or uid').optional(),
+    /** The app's group; the user's primary group when left out. */
+    group: z.string().regex(ACCOUNT, 'a group name or gid').optional(),
+    /** More groups for the app (systemd's `SupplementaryGroups=`). */
+    supplementaryGroups: z.array(z.string().regex(ACCOUNT, 'a group name or gid')).default([]),
+    /** File-creation mask for the app and its hooks, in octal (systemd's `UMask=`). */
+    umask: z
+      .string()
+      .regex(/^0?[0-7]{3}$/, 'an octal mask such as "0027"')
+      .default('0022')
+      .transform((m) => parseInt(m, 8)),
+    /** Run the app as root. Off unless said in as many words. */
+    allowRoot: z.boolean().default(false),
+    /**
+     * Directories and files kept in the app's shared area (`<stateDir>/apps/<app>/shared`) and
+     * linked into every release before its hooks run; created on first use, owned by the app's
+     * user. Deploys, rollbacks and prunes never touch their contents.
+     */
+    shared: z
+      .object({
+        dirs: z.array(SharedPathSchema).default([]),
+        files: z.array(SharedPathSchema).default([]),
+      })
+      .strict()
+      .default({ dirs: [], files: [] }),
+    /** Limits that hold without systemd; anything else belongs in a systemd unit (see docs/systemd.md). */
+    limits: z
+      .object({
+        /** `LimitNOFILE=`: open files, set with the shell's ulimit before the app starts. */
+        openFiles: z.number().int().positive().max(1_048_576).optional(),
+        /** `LimitCORE=`: core dump size in bytes (0: none), set with the shell's ulimit. */
+        coreBytes: z.number().int().nonnegative().optional(),
+        /**
+         * A memory ceiling the agent watches (resident memory of the generation's processes,
+         * sampled every `memoryCheckMs`): a generation over it is restarted like a crash.
+         */
+        memoryBytes: z.number().int().positive().optional(),
+        memoryCheckMs: z.number().int().positive().default(1000),
+      })
+      .strict()
+      .default({ memoryCheckMs: 1000 }),
     /** Log lines kept per generation and per hook run. */
     logLines: z.number().int().positive().max(100_000).default(200),
     /** Releases kept on disk by the release store; current and previous are never pruned. */
@@ -200,6 +294,24 @@ export const AgentConfigSchema = z
           message: `duplicate app "${app.name}"`,
         });
       seen.add(app.name);
+      const shared = new Set<string>();
+      for (const [kind, list] of [
+        ['dirs', app.shared.dirs],
+        ['files', app.shared.files],
+      ] as const) {
+        for (const [j, p] of list.entries()) {
+          const clash = [...shared].find(
+            (q) => q === p || q.startsWith(`${p}/`) || p.startsWith(`${q}/`),
+          );
+          if (clash !== undefined)
+            ctx.addIssue({
+              code: 'custom',
+              path: ['apps', i, 'shared', kind, j],
+              message: `shared path "${p}" overlaps "${clash}": list each place once`,
+            });
+          shared.add(p);
+        }
+      }
       const names = new Set<string>();
       for (const [j, l] of app.listeners.entries()) {
         if (names.has(l.name))
@@ -236,6 +348,7 @@ export function parseAgentConfig(raw: unknown, source: string): AgentConfig {
   cfg.stateDir = path.resolve(base, cfg.stateDir);
   for (const app of cfg.apps) {
     if (app.release !== undefined) app.release = path.resolve(base, app.release);
+    if (app.envFile !== undefined) app.envFile = path.resolve(base, app.envFile);
     for (const l of app.listeners) if (l.unix !== undefined) l.unix = path.resolve(base, l.unix);
   }
   return cfg;
