@@ -23,6 +23,18 @@ export type ErrorCode =
   | 'CONTROL_FAILED'
   | 'STATE_INVALID'
   | 'USAGE'
+  // who an app runs as, its environment file and shared paths
+  | 'USER_UNKNOWN'
+  | 'GROUP_UNKNOWN'
+  | 'RUN_AS_ROOT_REFUSED'
+  | 'USER_SWITCH_DENIED'
+  | 'SETPRIV_MISSING'
+  | 'ENV_FILE_UNREADABLE'
+  | 'ENV_FILE_INVALID'
+  | 'SHARED_PATH_INVALID'
+  // systemd's notify protocol
+  | 'NOTIFY_UNAVAILABLE'
+  | 'WATCHDOG_MISSED'
   // artifacts and the release store
   | 'ARCHIVE_PATH_ESCAPE'
   | 'ARCHIVE_ABSOLUTE_PATH'

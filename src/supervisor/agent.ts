@@ -1,6 +1,6 @@
 import { spawn } from 'node:child_process';
 import { closeSync, fstatSync, openSync } from 'node:fs';
-import { chmod, mkdir, open } from 'node:fs/promises';
+import { chmod, chown, mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { SignedManifest } from '../artifact/manifest.js';
@@ -8,7 +8,13 @@ import { MAX_MANIFEST_BYTES, parseSignedManifest } from '../artifact/sign.js';
 import { ReleaseStore, type ReleaseInfo } from '../artifact/store.js';
 import { BatonError, errorCode, errorMessage } from '../errors.js';
 import { report, type Reporter, type SupervisorEvent } from '../protocol/events.js';
-import { AppSupervisor, type AppStatus, type DeployResult } from './app-supervisor.js';
+import { preflight } from './preflight.js';
+import {
+  AppSupervisor,
+  type AppRuntime,
+  type AppStatus,
+  type DeployResult,
+} from './app-supervisor.js';
 import type { AgentConfig, AppConfig } from './config.js';
 import type { Release } from './generation.js';
 import { adoptListener, closeAll, inheritedFds, openListener, type Listener } from './listeners.js';
@@ -112,6 +118,8 @@ export class Agent {
     readonly configFile: string,
     private readonly log: Reporter,
     private readonly env: NodeJS.ProcessEnv = process.env,
+    /** From preflight(), which runAgent calls before anything else; worked out in start() otherwise. */
+    private runtimes?: Map<string, AppRuntime>,
   ) {
     this.paths = agentPaths(config.stateDir);
     this.state = new StateFile(this.paths.stateFile);
@@ -130,10 +138,15 @@ export class Agent {
 
   /** Opens (or takes over) every listener, then adopts running generations or starts new ones. */
   async start(): Promise<void> {
-    await mkdir(this.config.stateDir, { recursive: true, mode: 0o700 });
-    // mkdir leaves an existing directory as it was: the control socket and state live here.
-    await chmod(this.config.stateDir, 0o700);
+    const runtimes = (this.runtimes ??= await preflight(this.config));
+    await mkdir(this.config.stateDir, { recursive: true, mode: 0o711 });
+    // mkdir leaves an existing directory as it was. Others may pass through (an app's user
+    // reaches its releases, shared area and notify socket) but not list it; what is private
+    // here (state, control socket, logs, audit) is 0600 or 0700 itself.
+    await chmod(this.config.stateDir, 0o711);
     await mkdir(this.paths.logDir, { recursive: true, mode: 0o700 });
+    await mkdir(path.join(this.config.stateDir, 'apps'), { recursive: true, mode: 0o711 });
+    await chmod(path.join(this.config.stateDir, 'apps'), 0o711);
     // The stores first: the channel answers queries while the apps start, and an app it knows
     // has its store.
     for (const app of this.config.apps) {
@@ -148,6 +161,12 @@ export class Agent {
       });
       await store.init();
       this.stores.set(app.name, store);
+      // The app's folder is the agent's; its group may read (releases) and pass (shared area),
+      // nobody else. Releases stay read-only to the app: written only by the agent.
+      const runAs = runtimes.get(app.name)?.runAs;
+      const appDir = path.join(this.config.stateDir, 'apps', app.name);
+      if (runAs) await chown(appDir, process.getuid!(), runAs.gid);
+      await chmod(appDir, runAs ? 0o750 : 0o700);
     }
     const saved = await this.state.load();
     const inherited = inheritedFds(this.env);
@@ -160,7 +179,14 @@ export class Agent {
         if (listeners) opened.push(...listeners);
         this.apps.set(
           app.name,
-          new AppSupervisor(app, listeners, this.state, this.paths.logDir, this.reporter),
+          new AppSupervisor(
+            app,
+            listeners,
+            this.state,
+            this.paths.logDir,
+            this.reporter,
+            runtimes.get(app.name)!,
+          ),
         );
       }
     } catch (err) {

@@ -1,11 +1,24 @@
 import { BatonError, errorMessage } from '../errors.js';
-import { report, type Reporter } from '../protocol/events.js';
+import { report, type Reporter, type SupervisorEvent } from '../protocol/events.js';
 import type { AppConfig } from './config.js';
-import { checkReleaseDir, Generation, type Release } from './generation.js';
+import { readEnvFile, SecretMasker, secretValues } from './env-file.js';
+import { checkReleaseDir, Generation, type Launch, type Release } from './generation.js';
+import { accountEnv, launchShell, type RunAs } from './privilege.js';
+import { linkShared, prepareShared } from './shared-paths.js';
 import { runHook, type HookName } from './hooks.js';
 import { configForRelease } from './release-config.js';
 import { closeAll, describeListener, openListener, type Listener } from './listeners.js';
 import type { StateFile } from './state.js';
+
+/** Where an app runs, worked out once when the agent starts (see preflight.ts). */
+export interface AppRuntime {
+  /** Who its generations and hooks run as; undefined: the agent's own user. */
+  runAs: RunAs | undefined;
+  /** Directory of per-generation notify sockets. */
+  runDir: string;
+  /** The app's shared area, linked into every release. */
+  sharedRoot: string;
+}
 
 export interface AppStatus {
   name: string;
@@ -24,6 +37,10 @@ export interface AppStatus {
   deploy: string | undefined;
   restarts: number;
   lastError: string | undefined;
+  /** The last `STATUS=` the serving generation sent (systemd readiness). */
+  notifyStatus: string | undefined;
+  /** The user its generations run as, when not the agent's own. */
+  user: string | undefined;
 }
 
 export interface DeployResult {
@@ -54,6 +71,11 @@ export class AppSupervisor {
   private lastError: string | undefined;
   private stopped = false;
   private supervising = true;
+  /** Masks the values of `secretEnv` keys; rebuilt each time the env file is read. */
+  private masker = new SecretMasker([]);
+  private readonly reporter: Reporter;
+  /** When a restart for the memory ceiling last failed, so it is not retried at every sample. */
+  private memoryRestartFailedAt = 0;
 
   constructor(
     readonly app: AppConfig,
@@ -61,9 +83,57 @@ export class AppSupervisor {
     private listeners: Listener[] | undefined,
     private readonly state: StateFile,
     private readonly logDir: string,
-    private readonly reporter: Reporter,
+    reporter: Reporter,
+    private readonly runtime: AppRuntime,
   ) {
     this.backoffMs = app.restart.initialBackoffMs;
+    this.masker = new SecretMasker(secretValues(app.secretEnv, app.env));
+    // Every event of this app passes here: a secret's value never reaches a log or a client.
+    this.reporter = (event) => reporter(this.maskEvent(event));
+  }
+
+  private maskEvent(event: SupervisorEvent): SupervisorEvent {
+    if (!this.masker.active) return event;
+    if (event.type === 'log') return { ...event, line: this.masker.mask(event.line) };
+    return event.detail === undefined
+      ? event
+      : { ...event, detail: this.masker.mask(event.detail) };
+  }
+
+  /** The same error with secrets masked in its message and lines. */
+  private maskError(err: unknown): unknown {
+    if (!this.masker.active || !(err instanceof BatonError)) return err;
+    const masked = new BatonError(
+      err.code,
+      this.masker.mask(err.message),
+      err.lines?.map((l) => this.masker.mask(l)),
+    );
+    return masked;
+  }
+
+  /**
+   * What a start of `app` (a generation or a hook) runs with: the env file read again now, the
+   * app's user, umask and limits. A bad env file fails the start, with nothing stopped.
+   */
+  private async launchFor(app: AppConfig): Promise<Launch> {
+    const fileEnv = app.envFile ? await readEnvFile(app.envFile) : {};
+    this.masker = new SecretMasker(secretValues(app.secretEnv, app.env, fileEnv));
+    const { runAs, runDir } = this.runtime;
+    return {
+      ...launchShell(runAs, app),
+      env: { ...fileEnv, ...accountEnv(runAs) },
+      owner: runAs && { uid: runAs.uid, gid: runAs.gid },
+      runDir,
+    };
+  }
+
+  /** Creates what is missing of the shared area and links it into the release, before its hooks. */
+  private async linkShared(dir: string): Promise<void> {
+    const { shared } = this.app;
+    if (shared.dirs.length === 0 && shared.files.length === 0) return;
+    const { runAs, sharedRoot } = this.runtime;
+    await prepareShared(sharedRoot, shared, runAs && { uid: runAs.uid, gid: runAs.gid });
+    await linkShared(dir, sharedRoot, shared);
   }
 
   private get appState() {
@@ -118,6 +188,8 @@ export class AppSupervisor {
       deploy: this.deploying,
       restarts: this.restarts,
       lastError: this.lastError,
+      notifyStatus: gen && !gen.hasExited ? gen.statusText : undefined,
+      user: this.runtime.runAs?.user,
     };
   }
 
@@ -126,8 +198,15 @@ export class AppSupervisor {
     const record = this.appState.generation;
     if (!record) return false;
     const app = await configForRelease(this.app, record.releaseDir).catch(() => this.app);
-    const gen = await Generation.adopt(app, record, this.reporter);
+    const gen = await Generation.adopt(app, record, this.reporter, {
+      setup: '',
+      exec: 'exec',
+      env: {},
+      owner: this.runtime.runAs && { uid: this.runtime.runAs.uid, gid: this.runtime.runAs.gid },
+      runDir: this.runtime.runDir,
+    });
     if (!gen) return false;
+    this.listen(gen);
     this.current = gen;
     this.watch(gen);
     report(this.reporter, {
@@ -151,6 +230,7 @@ export class AppSupervisor {
         `app ${this.app.name} has no release yet: set "release" in its config or deploy one`,
       );
     await checkReleaseDir(release.dir);
+    await this.linkShared(release.dir);
     await this.hook('start', release.dir, release.id, this.appState.previous?.id);
     this.deploying = 'initial start';
     try {
@@ -201,6 +281,9 @@ export class AppSupervisor {
       await checkReleaseDir(release.dir);
       const old = this.current && !this.current.hasExited ? this.current : undefined;
       const previous = this.appState.current;
+      // The env file is read before anything runs: a bad one stops the deploy here.
+      await this.launchFor(await configForRelease(this.app, release.dir));
+      await this.linkShared(release.dir);
       await this.hook('beforeRestart', release.dir, release.id, previous?.id);
       const cold = this.listeners === undefined;
       let drained: DeployResult['drained'] = 'none';
@@ -234,7 +317,7 @@ export class AppSupervisor {
       };
     } catch (err) {
       this.failed(release, err);
-      throw err;
+      throw this.maskError(err);
     } finally {
       this.deploying = undefined;
       // Nothing serving after this deploy (a cold switch that failed, a crash meanwhile): restart.
@@ -244,11 +327,11 @@ export class AppSupervisor {
   }
 
   /** Hot restart of the current release through the same handover. */
-  async reload(): Promise<DeployResult> {
+  async reload(why = 'reload'): Promise<DeployResult> {
     const release = this.appState.current ?? this.configuredRelease();
     if (!release)
       throw new BatonError('NO_RELEASE', `app ${this.app.name} has no release to reload`);
-    return this.deploy(release, `reload of ${release.id}`);
+    return this.deploy(release, `${why} of ${release.id}`);
   }
 
   /** Drains the serving generation, runs the stop hook and closes the listeners. */
@@ -297,8 +380,10 @@ export class AppSupervisor {
   ): Promise<void> {
     // The hooks of the release concerned (its baton.yml may bring its own); cwd is that release.
     const app = await configForRelease(this.app, cwd);
+    if (!app.hooks[name]) return;
     await runHook(name, app.hooks[name], {
       app,
+      launch: await this.launchFor(app),
       cwd,
       releaseId,
       previousReleaseId,
@@ -321,7 +406,9 @@ export class AppSupervisor {
       logDir: this.logDir,
       previousReleaseId: this.appState.current?.id,
       reporter: this.reporter,
+      launch: await this.launchFor(app),
     });
+    this.listen(gen);
     try {
       await gen.waitReady();
     } catch (err) {
@@ -341,6 +428,34 @@ export class AppSupervisor {
       pid: gen.pid,
     });
     return gen;
+  }
+
+  /** What a generation asks of its supervisor: save a new main pid, restart over the memory ceiling. */
+  private listen(gen: Generation): void {
+    gen.events = {
+      mainChanged: (g) => {
+        if (g === this.current)
+          void this.state
+            .update(() => {
+              this.appState.generation = g.record;
+            })
+            .catch(() => undefined);
+      },
+      overMemory: (g) => void this.memoryRestart(g),
+    };
+  }
+
+  /**
+   * A generation over `limits.memoryBytes` is replaced through the same handover as a deploy: the
+   * new one starts, becomes ready, then the old one drains. Nothing is refused meanwhile.
+   */
+  private async memoryRestart(gen: Generation): Promise<void> {
+    if (gen !== this.current || this.deploying || this.stopped || !this.supervising) return;
+    if (Date.now() - this.memoryRestartFailedAt < this.app.restart.maxBackoffMs) return;
+    await this.reload('memory ceiling restart').catch((err: unknown) => {
+      this.memoryRestartFailedAt = Date.now();
+      this.lastError = `memory ceiling restart failed: ${errorMessage(this.maskError(err))}`;
+    });
   }
 
   /** Makes a ready generation the serving one and records it. */
@@ -388,6 +503,7 @@ export class AppSupervisor {
 
   /** Remembers and reports why starting `release` failed. */
   private failed(release: Release, err: unknown): void {
+    err = this.maskError(err);
     this.lastError = errorMessage(err);
     report(this.reporter, {
       type: 'phase',

@@ -1,20 +1,23 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
-import { stat } from 'node:fs/promises';
+import { readFile, stat } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
-import { BatonError } from '../errors.js';
+import { BatonError, errorMessage } from '../errors.js';
 import { report, type Reporter } from '../protocol/events.js';
 import type { AppConfig, ReadinessConfig } from './config.js';
 import type { Listener } from './listeners.js';
 import { LogTail } from './log-tail.js';
 import type { GenerationRecord } from './state.js';
+import { NotifySocket, type NotifyMessage } from './notify-socket.js';
 import {
   childBaseEnv,
   delay,
+  groupsResidentBytes,
   isAlive,
   isZombie,
+  processLinks,
   processStartTime,
   resolveCommand,
   signalGroup,
@@ -32,8 +35,41 @@ export interface Exit {
   signal: NodeJS.Signals | null;
 }
 
-// Exports LISTEN_PID as the app's own pid (spawn cannot know it before exec), then execs the app.
-const EXEC_WRAPPER = 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"';
+/**
+ * How a generation's processes are started: shell statements run first (umask, ulimits) and the
+ * exec prefix that becomes the app's user. See privilege.ts.
+ */
+export interface Launch {
+  setup: string;
+  exec: string;
+  /** Environment added last: the env file, USER/HOME/LOGNAME of the app's user. */
+  env: Record<string, string>;
+  /** Who owns the generation's notify socket: the app's user. */
+  owner: { uid: number; gid: number } | undefined;
+  /** Where per-generation notify sockets go. */
+  runDir: string;
+}
+
+/** What a generation may ask of its supervisor, beyond exiting. */
+export interface GenerationEvents {
+  /** The main process changed (`MAINPID=`): the record should be saved again. */
+  mainChanged(gen: Generation): void;
+  /** Its processes' resident memory went over `limits.memoryBytes`. */
+  overMemory(gen: Generation, bytes: number): void;
+}
+
+/** After the main process exits, how long a `MAINPID=` sent just before may take to arrive. */
+const MAINPID_GRACE_MS = 500;
+
+// Exports LISTEN_PID (and WATCHDOG_PID) as the app's own pid, which spawn cannot know before
+// exec, then execs the app, as its user when one is set.
+function execScript(launch: Launch, watchdog: boolean): string {
+  const setup = launch.setup ? `${launch.setup}; ` : '';
+  const pids = watchdog
+    ? 'LISTEN_PID=$$; WATCHDOG_PID=$$; export LISTEN_PID WATCHDOG_PID; '
+    : 'LISTEN_PID=$$; export LISTEN_PID; ';
+  return `${setup}${pids}${launch.exec} "$@"`;
+}
 
 async function freeLoopbackPort(): Promise<number> {
   return new Promise((resolve, reject) => {
@@ -58,11 +94,27 @@ export async function checkReleaseDir(dir: string): Promise<void> {
 /** One running instance of an app, started from one release with the app's listeners inherited. */
 export class Generation {
   readonly exited: Promise<Exit>;
+  private settleExit: (exit: Exit) => void = () => undefined;
   private exitInfo: Exit | undefined;
   private readyListeners: (() => void)[] = [];
   private ready = false;
   private stopping = false;
   private released = false;
+  /** Process groups to signal: the one it was started in, and its main process's. */
+  private readonly groups = new Set<number>();
+  private notify: NotifySocket | undefined;
+  /** Datagrams are handled one after another, in the order they came. */
+  private notifyChain: Promise<void> = Promise.resolve();
+  /** The last `STATUS=` the generation sent. */
+  statusText: string | undefined;
+  /** `STOPPING=1` or `RELOADING=1`, until the next `READY=1`. */
+  notifyState: 'stopping' | 'reloading' | undefined;
+  /** Why the supervisor ended it (a missed watchdog), for the crash report. */
+  private failure: string | undefined;
+  private extendDeadline: ((ms: number) => void) | undefined;
+  private watchdogTimer: NodeJS.Timeout | undefined;
+  private memoryTimer: NodeJS.Timeout | undefined;
+  events: GenerationEvents = { mainChanged: () => undefined, overMemory: () => undefined };
 
   private constructor(
     readonly app: AppConfig,
@@ -72,12 +124,26 @@ export class Generation {
     private readonly child: ChildProcess | undefined,
     childExit: Promise<Exit> | undefined,
     private readonly notifyFd: number,
+    private readonly reporter: Reporter,
   ) {
-    this.exited = childExit ?? this.pollExit();
+    this.exited = new Promise<Exit>((resolve) => (this.settleExit = resolve));
+    this.groups.add(record.pid);
+    const pid = record.pid;
+    void (childExit ?? this.pollExit(pid)).then((exit) => this.mainExited(pid, exit));
     void this.exited.then(async (exit) => {
       this.exitInfo = exit;
+      clearTimeout(this.watchdogTimer);
+      clearInterval(this.memoryTimer);
+      await this.notify?.close(!this.released);
       await this.tail.stop();
     });
+  }
+
+  /** The main process `pid` exited: the generation has, unless it named another main process. */
+  private async mainExited(pid: number, exit: Exit): Promise<void> {
+    // A forking app may say MAINPID= just before its first process exits: let that arrive.
+    if (this.notify && pid === this.record.pid) await delay(MAINPID_GRACE_MS);
+    if (pid === this.record.pid) this.settleExit(exit);
   }
 
   get number(): number {
@@ -107,12 +173,14 @@ export class Generation {
     logDir: string;
     previousReleaseId: string | undefined;
     reporter: Reporter;
+    launch: Launch;
   }): Promise<Generation> {
-    const { app, number, release, listeners, reporter } = opts;
+    const { app, number, release, listeners, reporter, launch } = opts;
     await checkReleaseDir(release.dir);
     const env = childBaseEnv();
-    const executable = await resolveCommand(app.command[0]!, release.dir, app.env.PATH ?? env.PATH);
-    Object.assign(env, app.env, {
+    const appEnv = { ...app.env, ...launch.env };
+    const executable = await resolveCommand(app.command[0]!, release.dir, appEnv.PATH ?? env.PATH);
+    Object.assign(env, appEnv, {
       LISTEN_FDS: String(listeners.length),
       LISTEN_FDNAMES: listeners.map((l) => l.name).join(':'),
       BATON_APP: app.name,
@@ -125,16 +193,39 @@ export class Generation {
     if (app.readiness.type === 'notify') env.BATON_NOTIFY_FD = String(notifyFd);
     const healthPort = app.readiness.type === 'http' ? await freeLoopbackPort() : undefined;
     if (healthPort !== undefined) env.BATON_HEALTH_PORT = String(healthPort);
+    const watchdogMs = app.readiness.type === 'systemd' ? app.readiness.watchdogMs : undefined;
+    if (watchdogMs !== undefined) env.WATCHDOG_USEC = String(watchdogMs * 1000);
+    // Bound before the app starts, so its first datagram has somewhere to go; messages are
+    // handled once the generation exists.
+    const early: NotifyMessage[] = [];
+    let deliver = (message: NotifyMessage): void => void early.push(message);
+    const notify =
+      app.readiness.type === 'systemd'
+        ? await NotifySocket.open(launch.runDir, launch.owner, (m) => deliver(m))
+        : undefined;
+    if (notify) env.NOTIFY_SOCKET = notify.path;
 
     const logFile = path.join(opts.logDir, `${app.name}.gen-${number}.log`);
     // 'w': a number reused after a lost state file must not replay another process's lines.
-    const out = openSync(logFile, 'w', 0o640);
+    let out: number;
+    try {
+      out = openSync(logFile, 'w', 0o640);
+    } catch (err) {
+      await notify?.close();
+      throw err;
+    }
     let child: ChildProcess;
     let childExit: Promise<Exit>;
     try {
       child = spawn(
         '/bin/sh',
-        ['-c', EXEC_WRAPPER, app.name, executable, ...app.command.slice(1)],
+        [
+          '-c',
+          execScript(launch, watchdogMs !== undefined),
+          app.name,
+          executable,
+          ...app.command.slice(1),
+        ],
         {
           cwd: release.dir,
           env,
@@ -158,6 +249,9 @@ export class Generation {
         child.once('spawn', resolve);
         child.once('error', reject);
       });
+    } catch (err) {
+      await notify?.close();
+      throw err;
     } finally {
       closeSync(out);
     }
@@ -175,10 +269,17 @@ export class Generation {
       releaseDir: release.dir,
       startedAt: new Date().toISOString(),
       logFile,
+      ...(notify && { notifySocket: notify.path }),
     };
-    const gen = new Generation(app, record, tail, healthPort, child, childExit, notifyFd);
-    const notify = child.stdio[notifyFd];
-    if (notify && 'on' in notify) gen.readNotify(notify as NodeJS.ReadableStream);
+    const gen = new Generation(app, record, tail, healthPort, child, childExit, notifyFd, reporter);
+    const pipe = child.stdio[notifyFd];
+    if (pipe && 'on' in pipe) gen.readNotify(pipe as NodeJS.ReadableStream);
+    if (notify) {
+      gen.notify = notify;
+      deliver = (m) => gen.queueNotify(m);
+      for (const m of early.splice(0)) deliver(m);
+    }
+    gen.watchMemory();
     report(reporter, {
       type: 'phase',
       app: app.name,
@@ -195,6 +296,7 @@ export class Generation {
     app: AppConfig,
     record: GenerationRecord,
     reporter: Reporter,
+    launch: Launch,
   ): Promise<Generation | undefined> {
     if (!isAlive(record.pid)) return undefined;
     const startTime = await processStartTime(record.pid);
@@ -203,22 +305,162 @@ export class Generation {
       report(reporter, { type: 'log', app: app.name, source: `gen-${record.number}`, line }),
     );
     await tail.start(100, false);
-    const gen = new Generation(app, record, tail, undefined, undefined, undefined, -1);
+    const gen = new Generation(app, record, tail, undefined, undefined, undefined, -1, reporter);
+    const links = await processLinks(record.pid);
+    if (links) gen.groups.add(links.pgid);
     gen.ready = true;
+    // The app sends to the same path as before: bind it again (the old agent's socket is gone).
+    if (app.readiness.type === 'systemd' && record.notifySocket) {
+      gen.notify = await NotifySocket.open(
+        launch.runDir,
+        launch.owner,
+        (m) => gen.queueNotify(m),
+        record.notifySocket,
+      ).catch((err: unknown) => {
+        gen.say(`notify socket not bound again: ${errorMessage(err)}`);
+        return undefined;
+      });
+      gen.armWatchdog();
+    }
+    gen.watchMemory();
     return gen;
   }
 
-  private async pollExit(): Promise<Exit> {
-    while (isAlive(this.record.pid) && !(await isZombie(this.record.pid))) {
+  private async pollExit(pid: number): Promise<Exit> {
+    while (isAlive(pid) && !(await isZombie(pid))) {
       await delay(100);
       if (this.released) return new Promise<Exit>(() => undefined);
     }
     return { code: null, signal: null };
   }
 
+  /** A line in the generation's stream from the agent, about it (notify messages, watchdog). */
+  private say(line: string): void {
+    report(this.reporter, {
+      type: 'log',
+      app: this.app.name,
+      source: `gen-${this.number}:notify`,
+      line,
+    });
+  }
+
+  private queueNotify(message: NotifyMessage): void {
+    this.notifyChain = this.notifyChain.then(() => this.onNotify(message)).catch(() => undefined);
+  }
+
+  private async onNotify(message: NotifyMessage): Promise<void> {
+    if (this.hasExited) return;
+    for (const line of message.lines) this.say(line);
+    if (message.status !== undefined) this.statusText = message.status;
+    if (message.stopping) this.notifyState = 'stopping';
+    if (message.reloading) this.notifyState = 'reloading';
+    if (message.extendTimeoutUsec !== undefined)
+      this.extendDeadline?.(Math.ceil(message.extendTimeoutUsec / 1000));
+    if (message.mainPid !== undefined) await this.followMain(message.mainPid);
+    if (message.ready) {
+      this.notifyState = undefined;
+      this.markReady();
+    }
+    if (message.watchdog === 'ping') this.armWatchdog();
+    if (message.watchdog === 'trigger') this.fail('the app asked for it (WATCHDOG=trigger)');
+  }
+
+  /**
+   * `MAINPID=`: a forking app names its real main process. Taken only for a process of this
+   * generation: a descendant of its main process, or one whose environment is this generation's.
+   */
+  private async followMain(pid: number): Promise<void> {
+    if (pid === this.record.pid || !(await this.belongs(pid))) {
+      if (pid !== this.record.pid)
+        this.say(`MAINPID=${pid} ignored: not a process of this generation`);
+      return;
+    }
+    const links = await processLinks(pid);
+    if (!links) return;
+    this.record.pid = pid;
+    this.record.startTime = await processStartTime(pid);
+    this.groups.add(links.pgid);
+    this.events.mainChanged(this);
+    void this.pollExit(pid).then((exit) => this.mainExited(pid, exit));
+  }
+
+  private async belongs(pid: number): Promise<boolean> {
+    for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
+      if (p === this.record.pid) return true;
+      const links = await processLinks(p);
+      if (!links) break;
+      p = links.ppid;
+    }
+    // Its parent may have exited already (a daemon's double fork): its environment tells.
+    const environ = await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '');
+    const vars = new Set(environ.split('\0'));
+    return (
+      vars.has(`BATON_APP=${this.app.name}`) &&
+      vars.has(`BATON_GENERATION=${this.number}`) &&
+      this.record.notifySocket !== undefined &&
+      vars.has(`NOTIFY_SOCKET=${this.record.notifySocket}`)
+    );
+  }
+
+  /** Once ready, each `WATCHDOG=1` must come within `watchdogMs` of the last. */
+  private armWatchdog(): void {
+    const readiness = this.app.readiness;
+    if (readiness.type !== 'systemd' || readiness.watchdogMs === undefined) return;
+    if (!this.ready || this.hasExited || this.stopping || this.failure) return;
+    const ms = readiness.watchdogMs;
+    clearTimeout(this.watchdogTimer);
+    this.watchdogTimer = setTimeout(() => this.fail(`no WATCHDOG=1 within ${ms} ms`), ms);
+    this.watchdogTimer.unref();
+  }
+
+  /**
+   * Ends a generation that is not well (a missed watchdog), the way systemd does: SIGABRT, then
+   * SIGKILL at the drain deadline. The supervisor sees it exit as a crash and restarts it with
+   * the listeners kept open, so connections queue rather than being refused.
+   */
+  private fail(reason: string): void {
+    if (this.failure || this.hasExited || this.stopping) return;
+    this.failure = `watchdog: ${reason}`;
+    clearTimeout(this.watchdogTimer);
+    this.say(`${this.failure}; sending SIGABRT`);
+    for (const g of this.groups) signalGroup(g, 'SIGABRT');
+    const timer = setTimeout(() => {
+      for (const g of this.groups) signalGroup(g, 'SIGKILL');
+    }, this.app.drain.timeoutMs);
+    timer.unref();
+    void this.exited.then(() => clearTimeout(timer));
+  }
+
+  /** Samples the resident memory of the generation's processes against `limits.memoryBytes`. */
+  private watchMemory(): void {
+    const limit = this.app.limits.memoryBytes;
+    if (limit === undefined) return;
+    let told = false;
+    let sampling = false;
+    this.memoryTimer = setInterval(() => {
+      if (sampling || told || this.stopping || this.hasExited) return;
+      sampling = true;
+      void groupsResidentBytes(this.groups)
+        .then((bytes) => {
+          if (bytes <= limit || told || this.stopping || this.hasExited) return;
+          told = true;
+          this.say(
+            `memory ceiling: ${Math.round(bytes / 2 ** 20)} MiB resident, over the ${Math.round(limit / 2 ** 20)} MiB of limits.memoryBytes`,
+          );
+          this.events.overMemory(this, bytes);
+        })
+        .finally(() => (sampling = false));
+    }, this.app.limits.memoryCheckMs);
+    this.memoryTimer.unref();
+  }
+
   /** Lets the generation run on without this process: no more watching, nothing keeps the event loop alive. */
   async release(): Promise<void> {
     this.released = true;
+    clearTimeout(this.watchdogTimer);
+    clearInterval(this.memoryTimer);
+    // The successor binds the same path again; the directory stays.
+    await this.notify?.close(false);
     this.child?.unref();
     const notify = this.child?.stdio[this.notifyFd];
     if (notify && 'destroy' in notify) notify.destroy();
@@ -242,6 +484,7 @@ export class Generation {
     if (this.ready) return;
     this.ready = true;
     for (const fn of this.readyListeners.splice(0)) fn();
+    this.armWatchdog();
   }
 
   /** Resolves when the generation is ready; throws, with its last lines, when it exits or misses the deadline. */
@@ -254,11 +497,20 @@ export class Generation {
       if (this.ready) resolve('ready');
       else this.readyListeners.push(() => resolve('ready'));
     });
+    const waitStart = Date.now();
+    let end = waitStart + timeoutMs;
     const deadline = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), timeoutMs);
+      // EXTEND_TIMEOUT_USEC=: the deadline moves to that long from now, if that is later.
+      this.extendDeadline = (ms) => {
+        if (Date.now() + ms <= end) return;
+        end = Date.now() + ms;
+        clearTimeout(timer);
+        timer = setTimeout(() => resolve('timeout'), ms);
+      };
     });
     const checks: Promise<'ready' | 'timeout' | Exit>[] = [this.exited, deadline];
-    if (readiness.type === 'notify') checks.push(signalled);
+    if (readiness.type === 'notify' || readiness.type === 'systemd') checks.push(signalled);
     if (readiness.type === 'http')
       checks.push(this.pollHealth(readiness.path, readiness.intervalMs, () => stopPolling));
     try {
@@ -272,7 +524,7 @@ export class Generation {
       if (outcome === 'timeout')
         throw new BatonError(
           'READINESS_TIMEOUT',
-          `generation ${this.number} (${this.releaseId}) was not ready within ${timeoutMs} ms (${readiness.type} readiness); the old generation keeps serving`,
+          `generation ${this.number} (${this.releaseId}) was not ready within ${end - waitStart} ms (${readiness.type} readiness); the old generation keeps serving`,
           lines,
         );
       const exit = this.exitInfo ?? outcome;
@@ -283,6 +535,7 @@ export class Generation {
       );
     } finally {
       stopPolling = true;
+      this.extendDeadline = undefined;
       clearTimeout(timer);
     }
   }
@@ -319,12 +572,16 @@ export class Generation {
    */
   async stop(reason: 'drain' | 'abort'): Promise<'exited' | 'killed'> {
     this.stopping = true;
+    clearTimeout(this.watchdogTimer);
+    const signalAll = (sig: NodeJS.Signals) => {
+      for (const g of this.groups) signalGroup(g, sig);
+    };
     if (this.hasExited) {
-      signalGroup(this.pid, 'SIGKILL');
+      signalAll('SIGKILL');
       return 'exited';
     }
     const { signal, timeoutMs } = this.app.drain;
-    signalGroup(this.pid, reason === 'abort' ? 'SIGKILL' : signal);
+    signalAll(reason === 'abort' ? 'SIGKILL' : signal);
     let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
       this.exited.then(() => 'exited' as const),
@@ -333,7 +590,7 @@ export class Generation {
       ),
     ]);
     clearTimeout(timer);
-    signalGroup(this.pid, 'SIGKILL');
+    signalAll('SIGKILL');
     if (outcome === 'timeout') {
       await this.exited;
       return 'killed';
@@ -344,10 +601,11 @@ export class Generation {
   exitDescription(): string {
     const exit = this.exitInfo;
     if (!exit) return 'running';
-    return exit.signal
+    const how = exit.signal
       ? `killed by ${exit.signal}`
       : exit.code === null
         ? 'gone'
         : `exit code ${exit.code}`;
+    return this.failure ? `${this.failure}; ${how}` : how;
   }
 }

@@ -1,5 +1,5 @@
 import { constants } from 'node:fs';
-import { access, readFile } from 'node:fs/promises';
+import { access, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BatonError } from '../errors.js';
 
@@ -30,20 +30,44 @@ export function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   }
 }
 
+/** Fields of /proc/<pid>/stat after the command name (field 3, the state, is index 0). */
+async function statFields(pid: number): Promise<string[] | undefined> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => undefined);
+  // Field 2 (comm) may hold spaces and parentheses: count from the last ')'.
+  return stat?.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/** The parent and the process group of a process; undefined once it is gone. */
+export async function processLinks(
+  pid: number,
+): Promise<{ ppid: number; pgid: number } | undefined> {
+  const fields = await statFields(pid);
+  if (!fields) return undefined;
+  return { ppid: Number(fields[1]), pgid: Number(fields[2]) };
+}
+
+/** Resident memory, in bytes, of every process in the given process groups. */
+export async function groupsResidentBytes(pgids: ReadonlySet<number>): Promise<number> {
+  const entries = await readdir('/proc').catch(() => [] as string[]);
+  let total = 0;
+  for (const name of entries) {
+    if (!/^\d+$/.test(name)) continue;
+    const fields = await statFields(Number(name));
+    if (!fields || !pgids.has(Number(fields[2]))) continue;
+    // VmRSS in kB: unlike stat's rss, it does not depend on the page size.
+    const status = await readFile(`/proc/${name}/status`, 'utf8').catch(() => '');
+    total += Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? 0) * 1024;
+  }
+  return total;
+}
+
 /**
  * The kernel's start time of a process (clock ticks since boot), to tell a pid we recorded from
  * an unrelated process that reused it. Undefined where /proc is not there.
  */
 export async function processStartTime(pid: number): Promise<number | undefined> {
-  try {
-    const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
-    // Field 2 (comm) may hold spaces and parentheses: count from the last ')'.
-    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    const value = Number(fields[19]);
-    return Number.isFinite(value) ? value : undefined;
-  } catch {
-    return undefined;
-  }
+  const value = Number((await statFields(pid))?.[19]);
+  return Number.isFinite(value) ? value : undefined;
 }
 
 /** Resolves a command the way execvp would, relative to `cwd` when it has a slash. */

@@ -4,6 +4,7 @@ import type { SupervisorEvent } from '../protocol/events.js';
 import { notifyReady } from '../protocol/systemd.js';
 import { Agent, agentPaths } from './agent.js';
 import { loadAgentConfig } from './config.js';
+import { preflight } from './preflight.js';
 import { ControlServer } from './control-server.js';
 import { claimPidFile, releasePidFile } from './pid-file.js';
 import { ChannelServer, channelAgent } from '../transport/server.js';
@@ -26,11 +27,13 @@ export async function runAgent(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<void> {
   const config = await loadAgentConfig(configFile);
+  // Users, env files, shared paths: a config this host cannot run fails here, nothing touched.
+  const runtimes = await preflight(config);
   const paths = agentPaths(config.stateDir);
-  await mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  await mkdir(config.stateDir, { recursive: true, mode: 0o711 });
   const predecessor = Number(env.BATON_PREDECESSOR_PID) || undefined;
   await claimPidFile(paths.pidFile, predecessor);
-  const agent = new Agent(config, configFile, jsonLine, env);
+  const agent = new Agent(config, configFile, jsonLine, env, runtimes);
   const channel = config.channel
     ? new ChannelServer(config.channel, channelAgent(agent), config.stateDir, jsonLine)
     : undefined;

@@ -16,6 +16,8 @@ export const GenerationRecordSchema = z
     releaseDir: z.string(),
     startedAt: z.string(),
     logFile: z.string(),
+    /** The generation's `NOTIFY_SOCKET`, bound again by an agent that adopts it. */
+    notifySocket: z.string().optional(),
   })
   .strict();
 

@@ -1,0 +1,50 @@
+import path from 'node:path';
+import { BatonError, errorMessage } from '../errors.js';
+import type { AppRuntime } from './app-supervisor.js';
+import type { AgentConfig } from './config.js';
+import { readEnvFile } from './env-file.js';
+import { notifyUnavailable } from './notify-socket.js';
+import { resolveRunAs } from './privilege.js';
+import { checkShared, sharedRoot } from './shared-paths.js';
+
+/**
+ * What the config asks of this host, checked before anything is started or adopted: each app's
+ * user and groups exist (and it is not root unless `allowRoot`), its env file reads and parses,
+ * its shared paths stay in its shared area, and the systemd notify protocol can be served where
+ * asked for. Every problem found is reported at once, each with its fix.
+ */
+export async function preflight(config: AgentConfig): Promise<Map<string, AppRuntime>> {
+  const runtimes = new Map<string, AppRuntime>();
+  const problems: BatonError[] = [];
+  const runDir = path.join(config.stateDir, 'run');
+  for (const app of config.apps) {
+    const check = async <T>(fn: () => Promise<T>): Promise<T | undefined> => {
+      try {
+        return await fn();
+      } catch (err) {
+        problems.push(
+          err instanceof BatonError
+            ? err
+            : new BatonError('CONFIG_INVALID', `app ${app.name}: ${errorMessage(err)}`),
+        );
+        return undefined;
+      }
+    };
+    if (app.readiness.type === 'systemd') {
+      const why = notifyUnavailable();
+      if (why) problems.push(new BatonError('NOTIFY_UNAVAILABLE', `app ${app.name}: ${why}`));
+    }
+    const runAs = await check(() => resolveRunAs(app));
+    if (app.envFile !== undefined) await check(() => readEnvFile(app.envFile!));
+    const root = sharedRoot(config.stateDir, app.name);
+    await check(() => checkShared(root, app.shared));
+    runtimes.set(app.name, { runAs, runDir, sharedRoot: root });
+  }
+  if (problems.length === 1) throw problems[0]!;
+  if (problems.length > 1)
+    throw new BatonError(
+      problems[0]!.code,
+      `${problems.length} problems in the config: ${problems.map((p) => p.message).join('; ')}`,
+    );
+  return runtimes;
+}

@@ -1,0 +1,238 @@
+import { randomBytes } from 'node:crypto';
+import { constants, type Stats } from 'node:fs';
+import {
+  type FileHandle,
+  lstat,
+  mkdir,
+  open,
+  readlink,
+  realpath,
+  rename,
+  rm,
+  stat,
+  symlink,
+  unlink,
+} from 'node:fs/promises';
+import path from 'node:path';
+import { BatonError, errorMessage } from '../errors.js';
+import type { AppConfig } from './config.js';
+
+type Shared = AppConfig['shared'];
+type Kind = 'dir' | 'file';
+
+const DIR_MODE = 0o750;
+const FILE_MODE = 0o640;
+
+/** Where an app's shared dirs and files live: `<stateDir>/apps/<app>/shared`. */
+export function sharedRoot(stateDir: string, app: string): string {
+  return path.join(stateDir, 'apps', app, 'shared');
+}
+
+function invalid(p: string, what: string): BatonError {
+  return new BatonError('SHARED_PATH_INVALID', `shared path "${p}": ${what}`);
+}
+
+function entries(shared: Shared): { p: string; kind: Kind; parts: string[] }[] {
+  return [
+    ...shared.dirs.map((p) => ({ p, kind: 'dir' as const })),
+    ...shared.files.map((p) => ({ p, kind: 'file' as const })),
+  ].map(({ p, kind }) => {
+    const parts = p.split('/').filter((part) => part !== '');
+    // The config schema already refuses these; a second look costs nothing.
+    if (p.startsWith('/') || !parts.length || parts.some((part) => part === '.' || part === '..'))
+      throw invalid(p, 'must be relative, without "." or ".." parts');
+    return { p, kind, parts };
+  });
+}
+
+async function lstatOrUndefined(file: string): Promise<Stats | undefined> {
+  try {
+    return await lstat(file);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw err;
+  }
+}
+
+/**
+ * Walks `parts` down from `root` without following links. Returns how many of them exist; throws
+ * at a symlink, at a non-directory on the way, or at an end of the wrong kind.
+ */
+async function existingParts(
+  root: string,
+  entry: { p: string; kind: Kind; parts: string[] },
+): Promise<number> {
+  const { p, kind, parts } = entry;
+  for (let i = 0; i < parts.length; i++) {
+    const at = path.join(root, ...parts.slice(0, i + 1));
+    let st: Stats | undefined;
+    try {
+      st = await lstatOrUndefined(at);
+    } catch (err) {
+      throw invalid(p, `cannot inspect ${at}: ${errorMessage(err)}`);
+    }
+    if (st === undefined) return i;
+    const last = i === parts.length - 1;
+    if (st.isSymbolicLink())
+      throw invalid(
+        p,
+        `${at} is a symlink: shared paths may not lead out of ${root}; replace it with a ${last ? kind : 'directory'}`,
+      );
+    const wanted = last ? kind : 'dir';
+    if (wanted === 'dir' ? !st.isDirectory() : !st.isFile())
+      throw invalid(
+        p,
+        `${at} is not a ${wanted === 'dir' ? 'directory' : 'regular file'}: move it away or list it under shared.${wanted === 'dir' ? 'files' : 'dirs'}`,
+      );
+  }
+  return parts.length;
+}
+
+async function checkRoot(root: string): Promise<boolean> {
+  let st: Stats;
+  try {
+    st = await stat(root);
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw new BatonError('SHARED_PATH_INVALID', `cannot inspect ${root}: ${errorMessage(err)}`);
+  }
+  if (!st.isDirectory())
+    throw new BatonError(
+      'SHARED_PATH_INVALID',
+      `${root} is not a directory: it holds the app's shared paths; move it away`,
+    );
+  return true;
+}
+
+/**
+ * At config load: every configured path, where it exists on disk, is inside `root` with no
+ * symlink on the way and of the right kind. Throws SHARED_PATH_INVALID naming the path.
+ */
+export async function checkShared(root: string, shared: Shared): Promise<void> {
+  const list = entries(shared);
+  if (!(await checkRoot(root))) return;
+  for (const entry of list) await existingParts(root, entry);
+}
+
+/**
+ * Creates what is missing of the shared paths (directories, and empty files), directories on the
+ * way included, owned by `owner` when given, directories 0750 and files 0640. What exists is left
+ * as it is, contents, owner and mode alike. `root` itself, when missing, is created 0755 and
+ * owned by the agent.
+ */
+export async function prepareShared(
+  root: string,
+  shared: Shared,
+  owner: { uid: number; gid: number } | undefined,
+): Promise<void> {
+  const list = entries(shared);
+  if (!(await checkRoot(root))) {
+    await mkdir(root, { recursive: true, mode: 0o755 });
+    const handle = await open(root, constants.O_RDONLY | constants.O_DIRECTORY);
+    try {
+      await handle.chmod(0o755);
+    } finally {
+      await handle.close();
+    }
+  }
+  const realRoot = await realpath(root);
+  for (const entry of list) {
+    for (let i = await existingParts(root, entry); i < entry.parts.length; i++) {
+      const rel = entry.parts.slice(0, i + 1);
+      const kind = i === entry.parts.length - 1 ? entry.kind : 'dir';
+      await createOwned(entry.p, path.join(root, ...rel), path.join(realRoot, ...rel), kind, owner);
+    }
+  }
+}
+
+/**
+ * Creates one entry and hands it to `owner`. The owner may already own the directory it is made
+ * in and swap a symlink in at any moment, so nothing here follows a link: the new entry is
+ * opened with O_NOFOLLOW, its real place checked through /proc/self/fd, and changed only by fd.
+ */
+async function createOwned(
+  p: string,
+  at: string,
+  realAt: string,
+  kind: Kind,
+  owner: { uid: number; gid: number } | undefined,
+): Promise<void> {
+  let handle: FileHandle;
+  try {
+    if (kind === 'dir') {
+      await mkdir(at, { mode: DIR_MODE });
+      handle = await open(at, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+    } else {
+      handle = await open(
+        at,
+        constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+        FILE_MODE,
+      );
+    }
+  } catch (err) {
+    throw invalid(p, `cannot create ${at}: ${errorMessage(err)}`);
+  }
+  try {
+    const actual = await readlink(`/proc/self/fd/${handle.fd}`).catch(() => realpath(at));
+    if (actual !== realAt)
+      throw invalid(p, `${at} turned out to be ${actual} while being created: a symlink raced in`);
+    await handle.chmod(kind === 'dir' ? DIR_MODE : FILE_MODE);
+    if (owner !== undefined) await handle.chown(owner.uid, owner.gid);
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Links each shared path into `releaseDir` as a symlink to its absolute place under `root`,
+ * replacing whatever the artifact had there without following links; a correct link is left.
+ * Directories on the way are created inside the release; a symlink or a file on the way is
+ * refused, as is a shared path missing from `root` (prepareShared creates them).
+ */
+export async function linkShared(releaseDir: string, root: string, shared: Shared): Promise<void> {
+  const list = entries(shared);
+  if (!(await checkRoot(root)) && list.length)
+    throw new BatonError(
+      'SHARED_PATH_INVALID',
+      `${root} does not exist: the app's shared paths are prepared before linking`,
+    );
+  const absRoot = path.resolve(root);
+  const realRelease = await realpath(releaseDir);
+  for (const entry of list) {
+    const { p, parts } = entry;
+    if ((await existingParts(root, entry)) < parts.length)
+      throw invalid(p, `missing from ${root}: the app's shared paths are prepared before linking`);
+
+    let parent = releaseDir;
+    for (const part of parts.slice(0, -1)) {
+      parent = path.join(parent, part);
+      const st = await lstatOrUndefined(parent);
+      if (st === undefined) await mkdir(parent);
+      else if (st.isSymbolicLink())
+        throw invalid(
+          p,
+          `the release has a symlink at ${parent}: a shared path may not go through one`,
+        );
+      else if (!st.isDirectory())
+        throw invalid(p, `the release has a file at ${parent} where a directory belongs`);
+    }
+    const realParent = await realpath(parent);
+    if (realParent !== realRelease && !realParent.startsWith(`${realRelease}${path.sep}`))
+      throw invalid(p, `${parent} resolves to ${realParent}, outside the release`);
+
+    const link = path.join(parent, parts.at(-1)!);
+    const target = path.join(absRoot, ...parts);
+    const st = await lstatOrUndefined(link);
+    if (st?.isSymbolicLink() && (await readlink(link)) === target) continue;
+    const tmp = `${link}.baton-link-${randomBytes(6).toString('hex')}`;
+    await symlink(target, tmp);
+    try {
+      // rename cannot replace a directory with a link; rm does not follow links inside it.
+      if (st?.isDirectory()) await rm(link, { recursive: true, force: true });
+      await rename(tmp, link);
+    } catch (err) {
+      await unlink(tmp).catch(() => undefined);
+      throw invalid(p, `cannot link ${link}: ${errorMessage(err)}`);
+    }
+  }
+}
