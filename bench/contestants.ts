@@ -1,4 +1,5 @@
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { copyFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { controlRequest } from '../src/cli/control-client.js';
@@ -6,6 +7,7 @@ import type { DeployResult } from '../src/supervisor/app-supervisor.js';
 import {
   FIXTURES,
   listenerPort,
+  ROOT,
   releases,
   startAgent,
   webApp,
@@ -28,7 +30,20 @@ const DEADLINE_MS = 30_000;
 /** The fixture app under a real `baton agent run`; each cycle deploys the other of two releases. */
 export async function startBaton(dir: string): Promise<Contestant & { agent: RunningAgent }> {
   const [v1, v2] = await releases(dir, 'v1', 'v2');
-  const config = await writeConfig(dir, { stateDir: './state', apps: [webApp({ release: v1 })] });
+  return underAgent(dir, webApp({ release: v1 }), v1!, v2!);
+}
+
+/**
+ * An app config under a real `baton agent run` (writes `dir/agent.json`, state in `dir/state`);
+ * each cycle deploys the other of two release directories and must be a clean handover.
+ */
+async function underAgent(
+  dir: string,
+  app: Record<string, unknown>,
+  v1: string,
+  v2: string,
+): Promise<Contestant & { agent: RunningAgent }> {
+  const config = await writeConfig(dir, { stateDir: './state', apps: [app] });
   const agent = await startAgent(config);
   const status = await withDeadline(
     controlRequest(agent.socket, { method: 'status' }),
@@ -37,7 +52,7 @@ export async function startBaton(dir: string): Promise<Contestant & { agent: Run
     await agent.stop();
     throw err;
   });
-  let next = v2!;
+  let next = v2;
   return {
     agent,
     port: listenerPort(status),
@@ -48,7 +63,7 @@ export async function startBaton(dir: string): Promise<Contestant & { agent: Run
         `deploy ${releaseDir}`,
         DEADLINE_MS,
       )) as DeployResult;
-      next = releaseDir === v1 ? v2! : v1!;
+      next = releaseDir === v1 ? v2 : v1;
       if (result.cold || result.drained !== 'exited')
         throw new Error(
           `deploy of ${result.releaseId} was not a clean handover: cold=${result.cold}, old generation ${result.drained}`,
@@ -58,6 +73,57 @@ export async function startBaton(dir: string): Promise<Contestant & { agent: Run
       await agent.stop();
     },
   };
+}
+
+/** The Python whose packages hold Debian's python3-gunicorn (not a pyenv or venv one on PATH). */
+export const GUNICORN_PYTHON = process.env.BENCH_GUNICORN_PYTHON || '/usr/bin/python3';
+export const GUNICORN_APP = path.join(ROOT, 'bench/fixtures/gunicorn_app.py');
+/** gunicorn's own drain (`--graceful-timeout`); the agent's drain deadline is longer. */
+const GUNICORN_GRACE_SECONDS = 10;
+
+/** gunicorn's version, or an error that says how to install it. */
+export function gunicornVersion(): string {
+  const probe = spawnSync(GUNICORN_PYTHON, ['-c', 'import gunicorn; print(gunicorn.__version__)'], {
+    encoding: 'utf8',
+    timeout: 30_000,
+  });
+  if (probe.status !== 0)
+    throw new Error(
+      `${GUNICORN_PYTHON} cannot import gunicorn (${(probe.stderr || probe.error?.message || '').trim().split('\n').pop()}); ` +
+        'install it with apt-get install python3-gunicorn (or set BENCH_GUNICORN_PYTHON to a Python that has it, ' +
+        'or BENCH_GUNICORN=0 to leave the gunicorn rows out)',
+    );
+  return probe.stdout.trim();
+}
+
+/**
+ * Unmodified gunicorn (sync workers) under a real `baton agent run`: it takes the listener from
+ * LISTEN_FDS and says READY=1 on the generation's NOTIFY_SOCKET (readiness type `systemd`). Each
+ * release directory holds the same WSGI app file, as a real release would.
+ */
+export async function startGunicorn(dir: string): Promise<Contestant & { agent: RunningAgent }> {
+  const [g1, g2] = await releases(dir, 'g1', 'g2');
+  for (const r of [g1!, g2!]) await copyFile(GUNICORN_APP, path.join(r, 'gunicorn_app.py'));
+  const app = webApp({
+    release: g1,
+    command: [
+      GUNICORN_PYTHON,
+      '-m',
+      'gunicorn',
+      '--workers',
+      '2',
+      '--graceful-timeout',
+      String(GUNICORN_GRACE_SECONDS),
+      'gunicorn_app:app',
+    ],
+    readiness: { type: 'systemd', timeoutMs: 30_000 },
+    drain: { signal: 'SIGTERM', timeoutMs: (GUNICORN_GRACE_SECONDS + 5) * 1000 },
+    // Python would write __pycache__ into the release directory; releases stay as shipped.
+    env: { PYTHONDONTWRITEBYTECODE: '1' },
+    // The bench runs as root in private temp dirs, as the rest of the bench's apps do.
+    allowRoot: true,
+  });
+  return underAgent(dir, app, g1!, g2!);
 }
 
 async function freePort(): Promise<number> {

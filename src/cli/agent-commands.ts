@@ -131,6 +131,13 @@ export function printStatus(status: AgentStatus, json: boolean, out: Output): vo
     out.line(
       `${app.name}: ${app.state}, release ${app.release?.id ?? '-'} (${gen}), previous ${app.previous?.id ?? '-'}, restarts ${app.restarts}`,
     );
+    // Newer agents add these; an older agent (or a remote one) may not send them.
+    const extra = app as { user?: unknown; notifyStatus?: unknown };
+    if (typeof extra.user === 'string' && extra.user) out.line(`  runs as ${extra.user}`);
+    if (typeof extra.notifyStatus === 'string' && extra.notifyStatus)
+      // The app wrote it: no control characters reach the terminal.
+      // eslint-disable-next-line no-control-regex
+      out.line(`  app status: ${extra.notifyStatus.replace(/[\x00-\x1f\x7f]/g, ' ')}`);
     for (const l of app.listeners)
       out.line(`  listener ${l.name} ${l.address}${l.origin ? ` (${l.origin})` : ' (NOT HELD)'}`);
     if (app.warning) out.line(`  warning: ${app.warning}`);

@@ -19,6 +19,7 @@ import {
   printStatus,
   type Output,
 } from './agent-commands.js';
+import { agentInstall, DEFAULT_UNIT_DIR, SERVICE_NAME } from './install-command.js';
 import type { ReleaseInfo } from '../artifact/store.js';
 import type { AgentStatus } from '../supervisor/agent.js';
 
@@ -53,6 +54,12 @@ const USAGE = `usage: baton <command>
                               list the releases the host keeps (also: baton releases)
     upgrade                   replace the agent process, apps keep serving
     token [--out FILE]        make a channel token (FILE written 0600; else printed)
+    install [--unit-dir DIR] [--socket] [--force] [--dry-run]
+                              write a systemd unit (Type=notify) that runs this agent with this
+                              node and this build: DIR/${SERVICE_NAME} (DIR default
+                              ${DEFAULT_UNIT_DIR}); never over an existing file without
+                              --force; --socket: systemd holds the listeners (prints the socket
+                              units to write); --dry-run: print the unit, write nothing
 options: --json, --quiet
 ${REMOTE_USAGE}`;
 
@@ -79,6 +86,10 @@ async function main(argv: string[]): Promise<void> {
       key: { type: 'string' },
       'release-id': { type: 'string' },
       'git-sha': { type: 'string' },
+      'unit-dir': { type: 'string' },
+      socket: { type: 'boolean', default: false },
+      force: { type: 'boolean', default: false },
+      'dry-run': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h', default: false },
       ...REMOTE_OPTIONS,
     },
@@ -203,6 +214,22 @@ async function main(argv: string[]): Promise<void> {
       return agentUpgrade(config, out);
     case 'token':
       return tokenCommand(values.out, out);
+    case 'install':
+      if (positionals.length > 2)
+        throw new BatonError(
+          'USAGE',
+          `agent install takes no arguments besides options (got "${positionals.slice(2).join(' ')}")\n${USAGE}`,
+        );
+      return agentInstall(
+        {
+          config,
+          unitDir: values['unit-dir'] ?? DEFAULT_UNIT_DIR,
+          socket: values.socket,
+          force: values.force,
+          dryRun: values['dry-run'],
+        },
+        out,
+      );
     default:
       throw new BatonError('USAGE', `unknown command "agent ${sub}"\n${USAGE}`);
   }

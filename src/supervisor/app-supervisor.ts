@@ -87,9 +87,20 @@ export class AppSupervisor {
     private readonly runtime: AppRuntime,
   ) {
     this.backoffMs = app.restart.initialBackoffMs;
-    this.masker = new SecretMasker(secretValues(app.secretEnv, app.env));
+    this.rememberSecrets(secretValues(app.secretEnv, app.env));
     // Every event of this app passes here: a secret's value never reaches a log or a client.
     this.reporter = (event) => reporter(this.maskEvent(event));
+  }
+
+  /**
+   * Secret values are never forgotten while the agent runs: a generation started before the env
+   * file changed still holds (and may print) the old value.
+   */
+  private readonly secrets = new Set<string>();
+  private rememberSecrets(values: readonly string[]): void {
+    const before = this.secrets.size;
+    for (const v of values) if (this.secrets.size < 10_000) this.secrets.add(v);
+    if (this.secrets.size !== before) this.masker = new SecretMasker(this.secrets);
   }
 
   private maskEvent(event: SupervisorEvent): SupervisorEvent {
@@ -117,7 +128,7 @@ export class AppSupervisor {
    */
   private async launchFor(app: AppConfig): Promise<Launch> {
     const fileEnv = app.envFile ? await readEnvFile(app.envFile) : {};
-    this.masker = new SecretMasker(secretValues(app.secretEnv, app.env, fileEnv));
+    this.rememberSecrets(secretValues(app.secretEnv, app.env, fileEnv));
     const { runAs, runDir } = this.runtime;
     return {
       ...launchShell(runAs, app),
@@ -198,6 +209,11 @@ export class AppSupervisor {
     const record = this.appState.generation;
     if (!record) return false;
     const app = await configForRelease(this.app, record.releaseDir).catch(() => this.app);
+    // Its output is masked like a generation this agent started (preflight read the file already).
+    if (app.envFile)
+      this.rememberSecrets(
+        secretValues(app.secretEnv, await readEnvFile(app.envFile).catch(() => ({}))),
+      );
     const gen = await Generation.adopt(app, record, this.reporter, {
       setup: '',
       exec: 'exec',
@@ -229,13 +245,16 @@ export class AppSupervisor {
         'NO_RELEASE',
         `app ${this.app.name} has no release yet: set "release" in its config or deploy one`,
       );
-    await checkReleaseDir(release.dir);
-    await this.linkShared(release.dir);
-    await this.hook('start', release.dir, release.id, this.appState.previous?.id);
     this.deploying = 'initial start';
     try {
+      await checkReleaseDir(release.dir);
+      await this.linkShared(release.dir);
+      await this.hook('start', release.dir, release.id, this.appState.previous?.id);
       const gen = await this.launch(release);
       await this.promote(gen, release, false);
+    } catch (err) {
+      this.failed(release, err);
+      throw this.maskError(err);
     } finally {
       this.deploying = undefined;
     }

@@ -17,8 +17,9 @@ export interface ControlHandlers {
 }
 
 /**
- * The agent's local control channel: a Unix socket in the state directory, mode 0600 inside a
- * 0700 directory, so only the agent's own user can talk to it. Each line is validated; a bad one
+ * The agent's local control channel: a Unix socket in the state directory, mode 0600 (the
+ * directory is 0711: others may pass through, not list), so only the agent's own user can talk
+ * to it. Each line is validated; a bad one
  * gets an error line, never a crash. Events of the app concerned stream back during a request.
  */
 export class ControlServer {

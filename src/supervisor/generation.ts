@@ -142,7 +142,8 @@ export class Generation {
   /** The main process `pid` exited: the generation has, unless it named another main process. */
   private async mainExited(pid: number, exit: Exit): Promise<void> {
     // A forking app may say MAINPID= just before its first process exits: let that arrive.
-    if (this.notify && pid === this.record.pid) await delay(MAINPID_GRACE_MS);
+    // Not when the agent itself asked it to stop.
+    if (this.notify && pid === this.record.pid && !this.stopping) await delay(MAINPID_GRACE_MS);
     if (pid === this.record.pid) this.settleExit(exit);
   }
 

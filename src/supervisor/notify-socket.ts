@@ -84,6 +84,13 @@ interface DgramSocket {
   on(event: 'data', fn: (data: Buffer) => void): void;
   on(event: 'error', fn: (err: Error) => void): void;
   bind(socketPath: string): void;
+  sendTo(
+    buf: Buffer,
+    offset: number,
+    length: number,
+    destPath: string,
+    onWrite?: (err: Error | undefined) => void,
+  ): void;
   close(): void;
 }
 type DgramModule = { DgramSocket: new () => DgramSocket };
@@ -112,6 +119,23 @@ export function notifyUnavailable(): string | undefined {
     `x64 and arm64, glibc and musl), or use readiness type "notify" (READY=1 on the pipe in ` +
     `BATON_NOTIFY_FD), "http" or "delay"`
   );
+}
+
+/** Sends one datagram to a socket path; false when node-unix-socket is not there to send it. */
+export async function sendDatagram(socketPath: string, text: string): Promise<boolean> {
+  const mod = loadDgram();
+  if (mod instanceof Error) return false;
+  const socket = new mod.DgramSocket();
+  socket.on('error', () => undefined);
+  const data = Buffer.from(text);
+  try {
+    await new Promise<void>((resolve, reject) =>
+      socket.sendTo(data, 0, data.length, socketPath, (err) => (err ? reject(err) : resolve())),
+    );
+  } finally {
+    socket.close();
+  }
+  return true;
 }
 
 /** sockaddr_un holds 108 bytes, the terminating NUL among them. */

@@ -5,6 +5,7 @@ import { notifyReady } from '../protocol/systemd.js';
 import { Agent, agentPaths } from './agent.js';
 import { loadAgentConfig } from './config.js';
 import { preflight } from './preflight.js';
+import { SystemdNotifier } from './sd-notify.js';
 import { ControlServer } from './control-server.js';
 import { claimPidFile, releasePidFile } from './pid-file.js';
 import { ChannelServer, channelAgent } from '../transport/server.js';
@@ -34,6 +35,10 @@ export async function runAgent(
   const predecessor = Number(env.BATON_PREDECESSOR_PID) || undefined;
   await claimPidFile(paths.pidFile, predecessor);
   const agent = new Agent(config, configFile, jsonLine, env, runtimes);
+  // Under systemd (Type=notify): READY=1, STATUS=, WATCHDOG=1, MAINPID= in an upgrade.
+  const systemd = SystemdNotifier.fromEnv(env, (msg) =>
+    jsonLine({ type: 'agent', level: 'warn', msg }),
+  );
   const channel = config.channel
     ? new ChannelServer(config.channel, channelAgent(agent), config.stateDir, jsonLine)
     : undefined;
@@ -98,6 +103,9 @@ export async function runAgent(
         await channel?.stopListening();
         const successor = await agent.spawnSuccessor(successorArgv);
         jsonLine({ type: 'agent', msg: `handed over to new agent pid ${successor.pid}` });
+        // The new agent is the service's main process from now on: its pings and status count.
+        await systemd?.send(`MAINPID=${successor.pid}`);
+        systemd?.stop();
         setImmediate(() => void successor.done().then(() => finish('handed-off')));
         return { pid: successor.pid };
       } catch (err) {
@@ -126,6 +134,7 @@ export async function runAgent(
   const onStop = (signal: NodeJS.Signals) => {
     if (stopping || upgrading) return;
     stopping = true;
+    void systemd?.send('STOPPING=1');
     // A deploy asked for now would upload in full and then find its app stopped.
     if (channel) channel.registry.closed = 'the agent is stopping';
     jsonLine({ type: 'agent', msg: `${signal}: draining apps and stopping` });
@@ -157,8 +166,26 @@ export async function runAgent(
     apps: agent.status().apps.map((a) => a.name),
   });
   notifyReady(env);
+  // Each app's release, as `systemctl status` shows it; again whenever one changes.
+  const summary = () =>
+    'STATUS=' +
+    agent
+      .status()
+      .apps.map((a) => `${a.name}: ${a.release?.id ?? 'no release'} (${a.state})`)
+      .join(', ');
+  await systemd?.send(`READY=1\n${summary()}`);
+  const unsubscribe = agent.subscribe((e) => {
+    if (
+      e.type === 'phase' &&
+      ['switched', 'done', 'crashed', 'failed', 'stopped'].includes(e.phase)
+    )
+      // After the deploy or restart has settled, so the state shown is the one it ended in.
+      setImmediate(() => void systemd?.send(summary()));
+  });
 
   const how = await finished;
+  unsubscribe();
+  systemd?.stop();
   process.off('SIGTERM', onStop);
   process.off('SIGINT', onStop);
   process.off('SIGHUP', onReload);

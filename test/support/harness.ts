@@ -47,7 +47,7 @@ export function webApp(overrides: Record<string, unknown> = {}): Record<string, 
     listeners: [{ name: 'http', tcp: '127.0.0.1:0' }],
     drain: { timeoutMs: 10_000 },
     // CI runs as root and these fixtures live in private temp dirs; the least-privilege tests
-    // (privilege.test.ts) run apps as an unprivileged user instead.
+    // (least-privilege.test.ts) run apps as an unprivileged user instead.
     allowRoot: true,
     ...overrides,
   };
