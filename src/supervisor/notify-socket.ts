@@ -7,8 +7,8 @@ import { BatonError, errorMessage } from '../errors.js';
 /**
  * systemd's notify protocol on the receiving side: a unix datagram socket per generation, whose
  * path the app finds in `NOTIFY_SOCKET`. Node has no unix datagram sockets, so this needs the
- * optional package node-unix-socket (prebuilt binaries inside its npm packages for Linux x64 and
- * arm64, glibc and musl). Where it cannot load, only the `systemd` readiness type is unavailable.
+ * optional package node-unix-socket (prebuilt binaries inside per-platform npm packages; see
+ * docs/systemd.md for which ones are served). Where it cannot load, only the `systemd` readiness type is unavailable.
  */
 
 /** What one datagram said; unknown assignments (FDSTORE=, BUSERROR=, …) are left out. */
@@ -115,8 +115,8 @@ export function notifyUnavailable(): string | undefined {
   return (
     `readiness type "systemd" needs unix datagram sockets, which Node lacks, from the optional ` +
     `npm package node-unix-socket, and it did not load (${errorMessage(mod).split('\n')[0]}). ` +
-    `Install it beside baton (npm install node-unix-socket; it ships prebuilt binaries for Linux ` +
-    `x64 and arm64, glibc and musl), or use readiness type "notify" (READY=1 on the pipe in ` +
+    `Install it beside baton (npm install node-unix-socket; it ships prebuilt binaries in npm ` +
+    `packages, one per platform), or use readiness type "notify" (READY=1 on the pipe in ` +
     `BATON_NOTIFY_FD), "http" or "delay"`
   );
 }
