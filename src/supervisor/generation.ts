@@ -1,6 +1,6 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { openSync, closeSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { readdir, readFile, stat } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
 import path from 'node:path';
@@ -60,6 +60,8 @@ export interface GenerationEvents {
 
 /** After the main process exits, how long a `MAINPID=` sent just before may take to arrive. */
 const MAINPID_GRACE_MS = 500;
+/** How much longer to wait for it while a process of the generation is still alive. */
+const MAINPID_WAIT_MAX_MS = 5_000;
 
 // Exports LISTEN_PID (and WATCHDOG_PID) as the app's own pid, which spawn cannot know before
 // exec, then execs the app, as its user when one is set.
@@ -141,10 +143,38 @@ export class Generation {
 
   /** The main process `pid` exited: the generation has, unless it named another main process. */
   private async mainExited(pid: number, exit: Exit): Promise<void> {
+    if (pid !== this.record.pid) return;
     // A forking app may say MAINPID= just before its first process exits: let that arrive.
     // Not when the agent itself asked it to stop.
-    if (this.notify && pid === this.record.pid && !this.stopping) await delay(MAINPID_GRACE_MS);
+    if (this.notify && !this.stopping) {
+      const started = Date.now();
+      for (;;) {
+        await delay(50);
+        // Timers run before the event loop polls for I/O: after a long stall the grace could
+        // end with the datagram still unread. Let the poll phase run, then let it be handled.
+        await new Promise<void>((resolve) => setImmediate(resolve));
+        await this.notifyChain;
+        if (pid !== this.record.pid || this.stopping) break;
+        const waited = Date.now() - started;
+        if (waited < MAINPID_GRACE_MS) continue;
+        // A process of this generation still runs (the forked child): its word may be late.
+        if (waited < MAINPID_WAIT_MAX_MS && (await this.memberAlive())) continue;
+        break;
+      }
+    }
     if (pid === this.record.pid) this.settleExit(exit);
+  }
+
+  /** Whether any live process carries this generation's NOTIFY_SOCKET in its environment. */
+  private async memberAlive(): Promise<boolean> {
+    const entries = await readdir('/proc').catch(() => [] as string[]);
+    for (const entry of entries) {
+      if (!/^\d+$/.test(entry)) continue;
+      const pid = Number(entry);
+      if (pid === this.record.pid || !isAlive(pid) || (await isZombie(pid))) continue;
+      if (await this.carriesEnvironment(pid)) return true;
+    }
+    return false;
   }
 
   get number(): number {
@@ -393,12 +423,16 @@ export class Generation {
       p = links.ppid;
     }
     // Its parent may have exited already (a daemon's double fork): its environment tells.
+    return this.carriesEnvironment(pid);
+  }
+
+  private async carriesEnvironment(pid: number): Promise<boolean> {
+    if (this.record.notifySocket === undefined) return false;
     const environ = await readFile(`/proc/${pid}/environ`, 'utf8').catch(() => '');
     const vars = new Set(environ.split('\0'));
     return (
       vars.has(`BATON_APP=${this.app.name}`) &&
       vars.has(`BATON_GENERATION=${this.number}`) &&
-      this.record.notifySocket !== undefined &&
       vars.has(`NOTIFY_SOCKET=${this.record.notifySocket}`)
     );
   }

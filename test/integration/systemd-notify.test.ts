@@ -107,10 +107,11 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
 
   it('EXTEND_TIMEOUT_USEC= moves the readiness deadline', async () => {
     await withWebAgent(['v1', 'v2'], sdApp(), async (ctx) => {
-      // Ready after 2.5 s with a 1 s deadline: only the extension (to 7.5 s) lets it through.
+      // Ready after 6 s with a 3 s deadline (room for a slow Python start on a loaded machine):
+      // only the extension (to 11 s) lets it through.
       await writeFile(
         path.join(ctx.dirs.v2!, 'baton.yml'),
-        'readiness: {type: systemd, timeoutMs: 1000}\nenv: {SD_MODE: extend, SD_READY_DELAY: "2.5"}\n',
+        'readiness: {type: systemd, timeoutMs: 3000}\nenv: {SD_MODE: extend, SD_READY_DELAY: "6"}\n',
       );
       const { events } = await control(ctx.agent.socket, {
         method: 'deploy',
@@ -197,7 +198,7 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
     await withWebAgent(['v1', 'v2'], sdApp(), async (ctx) => {
       await writeFile(
         path.join(ctx.dirs.v2!, 'baton.yml'),
-        'readiness: {type: systemd, timeoutMs: 3000}\nenv: {SD_READY_DELAY: "30"}\n',
+        'readiness: {type: systemd, timeoutMs: 8000}\nenv: {SD_READY_DELAY: "30"}\n',
       );
       const deploying = controlError(ctx.agent.socket, {
         method: 'deploy',
