@@ -94,6 +94,13 @@ export async function checkReleaseDir(dir: string): Promise<void> {
 }
 
 /** One running instance of an app, started from one release with the app's listeners inherited. */
+let ownGroup: Promise<number | undefined> | undefined;
+/** The agent's own process group, which no signal to an app may reach. */
+function agentGroup(): Promise<number | undefined> {
+  ownGroup ??= processLinks(process.pid).then((links) => links?.pgid);
+  return ownGroup;
+}
+
 export class Generation {
   readonly exited: Promise<Exit>;
   private settleExit: (exit: Exit) => void = () => undefined;
@@ -406,13 +413,30 @@ export class Generation {
         this.say(`MAINPID=${pid} ignored: not a process of this generation`);
       return;
     }
-    const links = await processLinks(pid);
-    if (!links) return;
+    if (!(await processLinks(pid))) return;
     this.record.pid = pid;
     this.record.startTime = await processStartTime(pid);
-    this.groups.add(links.pgid);
+    await this.trackMainGroup();
     this.events.mainChanged(this);
     void this.pollExit(pid).then((exit) => this.mainExited(pid, exit));
+  }
+
+  /**
+   * Adds the main process's current process group to those signalled. A forked main process
+   * may call setsid() after it was named, so this is looked up again before each signal.
+   */
+  private async trackMainGroup(): Promise<void> {
+    const pid = this.record.pid;
+    const links = await processLinks(pid);
+    if (!links || (await processStartTime(pid)) !== this.record.startTime) return;
+    // Never the agent's own group, whatever the app did.
+    if (links.pgid > 1 && links.pgid !== (await agentGroup())) this.groups.add(links.pgid);
+  }
+
+  /** Signals every process group of the generation, including its main process's current one. */
+  private async signalAll(signal: NodeJS.Signals): Promise<void> {
+    await this.trackMainGroup();
+    for (const g of this.groups) signalGroup(g, signal);
   }
 
   private async belongs(pid: number): Promise<boolean> {
@@ -458,10 +482,8 @@ export class Generation {
     this.failure = `watchdog: ${reason}`;
     clearTimeout(this.watchdogTimer);
     this.say(`${this.failure}; sending SIGABRT`);
-    for (const g of this.groups) signalGroup(g, 'SIGABRT');
-    const timer = setTimeout(() => {
-      for (const g of this.groups) signalGroup(g, 'SIGKILL');
-    }, this.app.drain.timeoutMs);
+    void this.signalAll('SIGABRT');
+    const timer = setTimeout(() => void this.signalAll('SIGKILL'), this.app.drain.timeoutMs);
     timer.unref();
     void this.exited.then(() => clearTimeout(timer));
   }
@@ -475,7 +497,8 @@ export class Generation {
     this.memoryTimer = setInterval(() => {
       if (sampling || told || this.stopping || this.hasExited) return;
       sampling = true;
-      void groupsResidentBytes(this.groups)
+      void this.trackMainGroup()
+        .then(() => groupsResidentBytes(this.groups))
         .then((bytes) => {
           if (bytes <= limit || told || this.stopping || this.hasExited) return;
           told = true;
@@ -608,15 +631,12 @@ export class Generation {
   async stop(reason: 'drain' | 'abort'): Promise<'exited' | 'killed'> {
     this.stopping = true;
     clearTimeout(this.watchdogTimer);
-    const signalAll = (sig: NodeJS.Signals) => {
-      for (const g of this.groups) signalGroup(g, sig);
-    };
     if (this.hasExited) {
-      signalAll('SIGKILL');
+      await this.signalAll('SIGKILL');
       return 'exited';
     }
     const { signal, timeoutMs } = this.app.drain;
-    signalAll(reason === 'abort' ? 'SIGKILL' : signal);
+    await this.signalAll(reason === 'abort' ? 'SIGKILL' : signal);
     let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
       this.exited.then(() => 'exited' as const),
@@ -625,7 +645,7 @@ export class Generation {
       ),
     ]);
     clearTimeout(timer);
-    signalAll('SIGKILL');
+    await this.signalAll('SIGKILL');
     if (outcome === 'timeout') {
       await this.exited;
       return 'killed';

@@ -137,7 +137,14 @@ export async function startAgent(
     exited,
     stop: async () => {
       if (proc.exitCode === null && proc.signalCode === null) proc.kill('SIGTERM');
-      return withDeadline(exited, 'agent stop');
+      try {
+        return await withDeadline(exited, 'agent stop');
+      } catch (err) {
+        // A hung stop fails the test; it must not also leave the agent and its apps running.
+        proc.kill('SIGKILL');
+        await killRecordedGenerations(path.resolve(path.dirname(configFile), config.stateDir));
+        throw err;
+      }
     },
   };
   Object.defineProperty(agent, 'events', {
@@ -152,6 +159,24 @@ export async function startAgent(
     ]);
   }
   return agent;
+}
+
+/** SIGKILL to the process group of each generation the agent's state file names. */
+async function killRecordedGenerations(stateDir: string): Promise<void> {
+  const { readFile } = await import('node:fs/promises');
+  const text = await readFile(path.join(stateDir, 'state.json'), 'utf8').catch(() => '{}');
+  const state = JSON.parse(text) as { apps?: Record<string, { generation?: { pid?: number } }> };
+  for (const app of Object.values(state.apps ?? {})) {
+    const pid = app.generation?.pid;
+    if (!pid || pid <= 1) continue;
+    for (const target of [-pid, pid]) {
+      try {
+        process.kill(target, 'SIGKILL');
+      } catch {
+        // Gone already.
+      }
+    }
+  }
 }
 
 export function withDeadline<T>(promise: Promise<T>, what: string, ms = HUNG_MS): Promise<T> {
