@@ -60,8 +60,6 @@ export interface GenerationEvents {
 
 /** After the main process exits, how long a `MAINPID=` sent just before may take to arrive. */
 const MAINPID_GRACE_MS = 500;
-/** How much longer to wait for it while a process of the generation is still alive. */
-const MAINPID_WAIT_MAX_MS = 5_000;
 
 // Exports LISTEN_PID (and WATCHDOG_PID) as the app's own pid, which spawn cannot know before
 // exec, then execs the app, as its user when one is set.
@@ -143,6 +141,7 @@ export class Generation {
       this.exitInfo = exit;
       clearTimeout(this.watchdogTimer);
       clearInterval(this.memoryTimer);
+      if (!this.stopping) await this.endLeftovers();
       await this.notify?.close(!this.released);
       await this.tail.stop();
     });
@@ -162,26 +161,53 @@ export class Generation {
         await new Promise<void>((resolve) => setImmediate(resolve));
         await this.notifyChain;
         if (pid !== this.record.pid || this.stopping) break;
-        const waited = Date.now() - started;
-        if (waited < MAINPID_GRACE_MS) continue;
-        // A process of this generation still runs (the forked child): its word may be late.
-        if (waited < MAINPID_WAIT_MAX_MS && (await this.memberAlive())) continue;
-        break;
+        if (Date.now() - started >= MAINPID_GRACE_MS) break;
       }
     }
     if (pid === this.record.pid) this.settleExit(exit);
   }
 
-  /** Whether any live process carries this generation's NOTIFY_SOCKET in its environment. */
-  private async memberAlive(): Promise<boolean> {
-    const entries = await readdir('/proc').catch(() => [] as string[]);
-    for (const entry of entries) {
+  /**
+   * Live processes outside the generation's groups that carry its environment (a child that
+   * called setsid()). Only a generation with a notify socket can be told apart this way: the
+   * socket's path is random.
+   */
+  private async strays(): Promise<number[]> {
+    if (this.record.notifySocket === undefined) return [];
+    const found: number[] = [];
+    for (const entry of await readdir('/proc').catch(() => [] as string[])) {
       if (!/^\d+$/.test(entry)) continue;
       const pid = Number(entry);
-      if (pid === this.record.pid || !isAlive(pid) || (await isZombie(pid))) continue;
-      if (await this.carriesEnvironment(pid)) return true;
+      const links = await processLinks(pid);
+      if (!links || this.groups.has(links.pgid) || (await isZombie(pid))) continue;
+      if (await this.carriesEnvironment(pid)) found.push(pid);
     }
-    return false;
+    return found;
+  }
+
+  /**
+   * The main process went on its own: what is left of the generation (workers in its groups, a
+   * child that left them) is asked to drain, and killed at the drain deadline, as systemd ends
+   * what remains of a service whose main process exited. Nothing old keeps taking connections
+   * next to the generation that replaces it.
+   */
+  private async endLeftovers(): Promise<void> {
+    const { signal, timeoutMs } = this.app.drain;
+    const strays = await this.strays();
+    const signalRest = async (sig: NodeJS.Signals) => {
+      for (const g of this.groups) signalGroup(g, sig);
+      for (const pid of strays) {
+        // Still the same process: it carries the generation's environment.
+        if (!(await this.carriesEnvironment(pid))) continue;
+        try {
+          process.kill(pid, sig);
+        } catch {
+          // Gone already.
+        }
+      }
+    };
+    await signalRest(signal);
+    setTimeout(() => void signalRest('SIGKILL'), timeoutMs).unref();
   }
 
   get number(): number {

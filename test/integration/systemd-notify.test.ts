@@ -152,6 +152,41 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
     });
   });
 
+  for (const setsid of [false, true]) {
+    const where = setsid ? 'in a session of its own' : 'in its process group';
+    it(`when the main process crashes, a worker left ${where} is drained, not left serving`, async () => {
+      const env: Record<string, string> = { SD_MODE: 'worker' };
+      if (setsid) env.SD_WORKER_SETSID = '1';
+      await withWebAgent(['v1'], sdApp(env), async (ctx) => {
+        const mainPid = (await webStatus(ctx.agent.socket)).generation!.pid;
+        const serving = await ctx.agent.waitFor(
+          (r) => r.type === 'log' && /^worker \d+ serving$/.test(String(r.line)),
+          'the worker to serve',
+        );
+        const workerPid = Number(/\d+/.exec(String(serving.line))![0]);
+        // The test's own agent started it: end it by its pid, as a crash would.
+        process.kill(mainPid, 'SIGKILL');
+        await ctx.agent.waitFor(
+          (r) => r.type === 'phase' && r.phase === 'crashed' && r.generation === 1,
+          'the crash',
+        );
+        await until(() => !isAlive(workerPid), 'the worker to be drained');
+        const log = await readFile(path.join(ctx.dir, 'state/logs/web.gen-1.log'), 'utf8');
+        assert.match(
+          log,
+          new RegExp(`^worker ${workerPid} drained$`, 'm'),
+          'it drained on the drain signal',
+        );
+        await ctx.agent.waitFor(
+          (r) => r.type === 'phase' && r.phase === 'switched' && r.generation === 2,
+          'the restarted generation',
+        );
+        // Only the new generation answers now.
+        for (let i = 0; i < 20; i++) assert.match((await get(ctx.port)).body, /^sd v1 2 /);
+      });
+    });
+  }
+
   it('a missed watchdog restarts the generation like a crash, with no refused connection', async () => {
     await withWebAgent(['v1'], sdApp({}, { watchdogMs: 1500 }), async (ctx) => {
       const traffic = load(ctx.port, { workers: 4, keepAlive: false, maxRequests: 50_000 });
