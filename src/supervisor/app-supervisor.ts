@@ -217,6 +217,7 @@ export class AppSupervisor {
     const gen = await Generation.adopt(app, record, this.reporter, {
       setup: '',
       exec: 'exec',
+      switchesUser: false,
       env: {},
       owner: this.runtime.runAs && { uid: this.runtime.runAs.uid, gid: this.runtime.runAs.gid },
       runDir: this.runtime.runDir,

@@ -11,6 +11,7 @@ import type { Listener } from './listeners.js';
 import { LogTail } from './log-tail.js';
 import type { GenerationRecord } from './state.js';
 import { NotifySocket, type NotifyMessage } from './notify-socket.js';
+import { launchEnvironment } from './privilege.js';
 import {
   childBaseEnv,
   delay,
@@ -42,6 +43,8 @@ export interface Exit {
 export interface Launch {
   setup: string;
   exec: string;
+  /** Whether `exec` switches to the app's user (see launchEnvironment). */
+  switchesUser: boolean;
   /** Environment added last: the env file, USER/HOME/LOGNAME of the app's user. */
   env: Record<string, string>;
   /** Who owns the generation's notify socket: the app's user. */
@@ -241,17 +244,17 @@ export class Generation {
   }): Promise<Generation> {
     const { app, number, release, listeners, reporter, launch } = opts;
     await checkReleaseDir(release.dir);
-    const env = childBaseEnv();
+    const base = childBaseEnv();
     const appEnv = { ...app.env, ...launch.env };
-    const executable = await resolveCommand(app.command[0]!, release.dir, appEnv.PATH ?? env.PATH);
-    Object.assign(env, appEnv, {
+    const executable = await resolveCommand(app.command[0]!, release.dir, appEnv.PATH ?? base.PATH);
+    const env: Record<string, string> = {
       LISTEN_FDS: String(listeners.length),
       LISTEN_FDNAMES: listeners.map((l) => l.name).join(':'),
       BATON_APP: app.name,
       BATON_RELEASE_ID: release.id,
       BATON_RELEASE_DIR: release.dir,
       BATON_GENERATION: String(number),
-    });
+    };
     if (opts.previousReleaseId) env.BATON_PREVIOUS_RELEASE_ID = opts.previousReleaseId;
     const notifyFd = 3 + listeners.length;
     if (app.readiness.type === 'notify') env.BATON_NOTIFY_FD = String(notifyFd);
@@ -292,7 +295,7 @@ export class Generation {
         ],
         {
           cwd: release.dir,
-          env,
+          env: launchEnvironment(launch, base, appEnv, env),
           detached: true,
           stdio: [
             'ignore',

@@ -4,6 +4,7 @@ import { BatonError } from '../errors.js';
 import { report, type Reporter } from '../protocol/events.js';
 import type { AppConfig, HookConfig } from './config.js';
 import type { Launch } from './generation.js';
+import { launchEnvironment } from './privilege.js';
 import { childBaseEnv, signalGroup } from './process-util.js';
 
 /** How long a hook's output may still flow after the hook exited. */
@@ -14,7 +15,7 @@ export type HookName = 'start' | 'stop' | 'beforeRestart' | 'afterRestart';
 export interface HookContext {
   app: AppConfig;
   /** The app's user, umask, limits and env file: hooks run as the app does. */
-  launch?: Pick<Launch, 'setup' | 'exec' | 'env'>;
+  launch?: Pick<Launch, 'setup' | 'exec' | 'switchesUser' | 'env'>;
   cwd: string;
   releaseId: string | undefined;
   previousReleaseId: string | undefined;
@@ -41,16 +42,16 @@ export async function runHook(
     hook: name,
     releaseId: ctx.releaseId,
   });
-  const env: NodeJS.ProcessEnv = {
-    ...childBaseEnv(),
-    ...app.env,
-    ...ctx.launch?.env,
-    BATON_APP: app.name,
-    BATON_HOOK: name,
-  };
-  if (ctx.releaseId) env.BATON_RELEASE_ID = ctx.releaseId;
-  if (ctx.previousReleaseId) env.BATON_PREVIOUS_RELEASE_ID = ctx.previousReleaseId;
-  const launch = ctx.launch ?? { setup: '', exec: 'exec' };
+  const agentSet: Record<string, string> = { BATON_APP: app.name, BATON_HOOK: name };
+  if (ctx.releaseId) agentSet.BATON_RELEASE_ID = ctx.releaseId;
+  if (ctx.previousReleaseId) agentSet.BATON_PREVIOUS_RELEASE_ID = ctx.previousReleaseId;
+  const launch = ctx.launch ?? { setup: '', exec: 'exec', switchesUser: false };
+  const env = launchEnvironment(
+    launch,
+    childBaseEnv(),
+    { ...app.env, ...ctx.launch?.env },
+    agentSet,
+  );
   const script = `${launch.setup ? `${launch.setup}; ` : ''}${launch.exec} /bin/sh -c "$1"`;
   const child = spawn('/bin/sh', ['-c', script, `baton-hook-${name}`, hook.run], {
     cwd: ctx.cwd,

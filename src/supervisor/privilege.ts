@@ -197,13 +197,42 @@ function ulimit(flag: string, value: number, what: string): string {
 }
 
 /**
+ * The variable that carries the app's own environment past the switch to its user. Before the
+ * switch, `/bin/sh` and `setpriv` run as root: an `LD_PRELOAD` or `GCONV_PATH` from an env file
+ * or a release's `baton.yml` would run code as root there. So they start with the agent's
+ * environment only, and a shell running as the app's user sets the app's variables (shell-quoted
+ * `export` statements in this one variable) just before it execs the app.
+ */
+export const LAUNCH_ENV = 'BATON_LAUNCH_ENV';
+/** Set by the launch shell itself (to its own pid), after the app's environment. */
+const SHELL_SET = new Set(['LISTEN_PID', 'WATCHDOG_PID']);
+
+/**
+ * The environment to spawn with: `base` (the agent's, and what the agent sets, which wins), and
+ * the app's own `appEnv`: merged in directly when there is no user switch, else carried in
+ * {@link LAUNCH_ENV} for the app's side of the switch.
+ */
+export function launchEnvironment(
+  launch: { switchesUser: boolean },
+  base: NodeJS.ProcessEnv,
+  appEnv: Record<string, string>,
+  agentSet: Record<string, string>,
+): NodeJS.ProcessEnv {
+  if (!launch.switchesUser) return { ...base, ...appEnv, ...agentSet };
+  const exports = Object.entries(appEnv)
+    .filter(([key]) => !(key in agentSet) && !SHELL_SET.has(key))
+    .map(([key, value]) => `export ${key}=${shellQuote(value)}`);
+  return { ...base, ...agentSet, [LAUNCH_ENV]: exports.join('\n') };
+}
+
+/**
  * Shell statements and the exec prefix that start "$@" as `runAs`, with the app's umask and
  * limits, for `/bin/sh -c '<setup>; …; <exec> "$@"'`. `setup` is never empty.
  */
 export function launchShell(
   runAs: RunAs | undefined,
   app: Pick<AppConfig, 'umask' | 'limits'>,
-): { setup: string; exec: string } {
+): { setup: string; exec: string; switchesUser: boolean } {
   const statements = [`umask ${app.umask.toString(8).padStart(4, '0')}`];
   const { openFiles, coreBytes } = app.limits;
   // Without -S or -H, sh sets soft and hard limit both, as systemd's LimitNOFILE=N does.
@@ -218,11 +247,15 @@ export function launchShell(
         `core size to ${coreBytes} bytes (limits.coreBytes)`,
       ),
     );
-  if (runAs === undefined) return { setup: statements.join('; '), exec: 'exec' };
+  if (runAs === undefined)
+    return { setup: statements.join('; '), exec: 'exec', switchesUser: false };
   const groups = runAs.groups.length ? `--groups=${runAs.groups.join(',')}` : '--clear-groups';
+  // Runs as the app's user: the app's environment is set only here (see LAUNCH_ENV).
+  const appSide = `eval "$${LAUNCH_ENV}"; unset ${LAUNCH_ENV}; exec "$@"`;
   return {
     setup: statements.join('; '),
-    exec: `exec ${shellQuote(setpriv())} --reuid=${runAs.uid} --regid=${runAs.gid} ${groups} --`,
+    exec: `exec ${shellQuote(setpriv())} --reuid=${runAs.uid} --regid=${runAs.gid} ${groups} -- /bin/sh -c ${shellQuote(appSide)} baton-launch`,
+    switchesUser: true,
   };
 }
 

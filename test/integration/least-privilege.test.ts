@@ -11,7 +11,9 @@ import {
   symlink,
   writeFile,
 } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { gunzipSync } from 'node:zlib';
 import { describe, it } from 'node:test';
 import { controlRequest } from '../../src/cli/control-client.js';
@@ -43,6 +45,7 @@ import {
   until,
 } from '../support/channel-support.js';
 
+const run = promisify(execFile);
 const PROBE = path.join(FIXTURES, 'privileged-probe.mjs');
 /** nobody / nogroup and users on Debian. */
 const NOBODY = 65534;
@@ -320,6 +323,53 @@ describe('apps run with least privilege', () => {
       const written = await stat(path.join(out, 'uid'));
       assert.equal(written.uid, NOBODY);
       assert.equal(written.mode & 0o777, 0o640, 'created under umask 0027');
+    } finally {
+      await probe.cleanup();
+    }
+  });
+
+  it("an LD_PRELOAD from the env file or a release's baton.yml runs only as the app's user, never in the launch's root stage", async () => {
+    // A real preload library that says, on stderr, which uid each program it loads into runs as.
+    const preloadLines = (text: string) => text.split('\n').filter((l) => l.startsWith('preload '));
+    let library = '';
+    const probe = await startProbe(
+      { envFile: './app.env', hooks: { beforeRestart: 'echo hook ran' } },
+      {
+        prepare: async (dir) => {
+          const source = path.join(dir, 'preload.c');
+          library = path.join(dir, 'preload.so');
+          await writeFile(
+            source,
+            '#include <stdio.h>\n#include <unistd.h>\n' +
+              '__attribute__((constructor)) static void said(void) {\n' +
+              '  fprintf(stderr, "preload uid=%d euid=%d\\n", (int)getuid(), (int)geteuid());\n}\n',
+          );
+          await run('cc', ['-shared', '-fPIC', '-o', library, source]);
+          await chmod(library, 0o755);
+          await writePrivate(path.join(dir, 'app.env'), `LD_PRELOAD=${library}\n`);
+        },
+      },
+    );
+    try {
+      const log = await readFile(path.join(probe.stateDir, 'logs/web.gen-1.log'), 'utf8');
+      const started = preloadLines(log);
+      assert.ok(started.length >= 1, `the app itself loaded it:\n${log}`);
+      for (const line of started) assert.equal(line, `preload uid=${NOBODY} euid=${NOBODY}`);
+      // The same through a release's own baton.yml, for a hook and a generation.
+      await writePrivate(path.join(probe.dir, 'app.env'), '');
+      await probe.deployArtifact('r1', {
+        'baton.yml': `command: [node, ${JSON.stringify(PROBE)}]\nenv: {LD_PRELOAD: ${JSON.stringify(library)}}\n`,
+      });
+      const hook = probe.agent.events.flatMap((e) =>
+        e.type === 'log' && e.source === 'hook:beforeRestart' ? [e.line] : [],
+      );
+      assert.ok(hook.includes('hook ran'), hook.join('\n'));
+      const deployed = preloadLines(
+        await readFile(path.join(probe.stateDir, 'logs/web.gen-2.log'), 'utf8'),
+      );
+      assert.ok(preloadLines(hook.join('\n')).length >= 1 && deployed.length >= 1);
+      for (const line of [...preloadLines(hook.join('\n')), ...deployed])
+        assert.equal(line, `preload uid=${NOBODY} euid=${NOBODY}`);
     } finally {
       await probe.cleanup();
     }
