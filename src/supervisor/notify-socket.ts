@@ -142,9 +142,12 @@ export async function sendDatagram(socketPath: string, text: string): Promise<bo
 const MAX_SOCKET_PATH = 107;
 
 /**
- * One generation's `NOTIFY_SOCKET`: `<runDir>/<random>/notify`. The directory is 0700 and owned
- * by the app's user, so only that user (and root) can reach the socket, and its name is fresh
+ * One generation's `NOTIFY_SOCKET`: `<runDir>/<random>/notify`. The socket is 0600 and owned by
+ * the app's user, so only that user (and root) can send to it, and its directory's name is fresh
  * per generation, so a message can only come from whoever holds this generation's environment.
+ * The directory stays the agent's (0710, the app's group may only pass through): were it the
+ * app's, the app could swap a symlink in for the socket between bind and chown, and have the
+ * agent hand it any file on the host.
  */
 export class NotifySocket {
   private constructor(
@@ -171,6 +174,9 @@ export class NotifySocket {
       );
     await mkdir(runDir, { recursive: true, mode: 0o711 });
     await mkdir(dir, { recursive: true, mode: 0o700 });
+    // Taken back first when reused: an agent before this one gave the directory to the app.
+    if (owner) await chown(dir, process.getuid?.() ?? 0, owner.gid);
+    await chmod(dir, owner ? 0o710 : 0o700);
     await rm(file, { force: true });
     const socket = new mod.DgramSocket();
     socket.on('error', () => undefined);
@@ -178,10 +184,7 @@ export class NotifySocket {
     try {
       socket.bind(file);
       await chmod(file, 0o600);
-      if (owner) {
-        await chown(file, owner.uid, owner.gid);
-        await chown(dir, owner.uid, owner.gid);
-      }
+      if (owner) await chown(file, owner.uid, owner.gid);
     } catch (err) {
       socket.close();
       await rm(dir, { recursive: true, force: true });

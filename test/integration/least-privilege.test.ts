@@ -375,6 +375,61 @@ describe('apps run with least privilege', () => {
     }
   });
 
+  it("an app for systemd's notify protocol as nobody: its socket is nobody's, its directory stays the agent's, before and after an agent upgrade", async () => {
+    const probe = await startProbe({
+      // Debian's python3: pyenv's shims under /root are not for nobody.
+      command: ['/usr/bin/python3', path.join(FIXTURES, 'sd_notify_app.py')],
+      readiness: { type: 'systemd', timeoutMs: 10_000 },
+      env: { PYTHONDONTWRITEBYTECODE: '1' },
+    });
+    let successor: number | undefined;
+    const socketOf = async () => {
+      const state = JSON.parse(await readFile(path.join(probe.stateDir, 'state.json'), 'utf8')) as {
+        apps: { web: { generation: { notifySocket: string } } };
+      };
+      return state.apps.web.generation.notifySocket;
+    };
+    const checkOwnership = async () => {
+      const socket = await socketOf();
+      const file = await stat(socket);
+      assert.equal(file.uid, NOBODY, 'the socket belongs to the app user');
+      assert.equal(file.mode & 0o777, 0o600);
+      const dir = await stat(path.dirname(socket));
+      assert.equal(dir.uid, 0, "the socket's directory stays the agent's");
+      assert.equal(dir.mode & 0o777, 0o710);
+      // As the app's user: nothing can be put in place of the socket.
+      const swap = await run('/usr/bin/setpriv', [
+        `--reuid=${NOBODY}`,
+        `--regid=${NOBODY}`,
+        '--clear-groups',
+        '--',
+        '/bin/sh',
+        '-c',
+        'ln -s /etc/hostname "$0.new" && mv -f "$0.new" "$0"',
+        socket,
+      ]).then(
+        () => 'swapped',
+        (err: { stderr?: string }) => err.stderr ?? '',
+      );
+      assert.match(swap, /Permission denied/);
+    };
+    try {
+      assert.match((await probe.status()).notifyStatus ?? '', /^serving \d+$/);
+      await checkOwnership();
+      const { result } = await control(probe.agent.socket, { method: 'upgrade' });
+      successor = (result as { pid: number }).pid;
+      await withDeadline(probe.agent.exited, 'the old agent to exit');
+      await checkOwnership();
+      assert.match((await get(probe.port)).body, /^sd r0 1 /);
+    } finally {
+      if (successor !== undefined && isAlive(successor)) {
+        process.kill(successor, 'SIGTERM');
+        await until(() => !isAlive(successor!), 'the new agent to stop');
+      }
+      await probe.cleanup();
+    }
+  });
+
   it('refuses to run an app as root unless allowRoot says so, starting nothing', async () => {
     const refused = async (app: Record<string, unknown>) => {
       const tmp = await passableTempDir();
