@@ -33,6 +33,9 @@ export class SystemdNotifier {
     const pid = env.WATCHDOG_PID === undefined ? process.pid : Number(env.WATCHDOG_PID);
     const meant = pid === process.pid || pid === Number(env.BATON_PREDECESSOR_PID);
     if (Number.isSafeInteger(usec) && usec > 0 && meant) {
+      // The watchdog is this process's now: a successor inherits that (see BATON_PREDECESSOR_PID).
+      // Left naming the first agent, it would reach no agent after the second upgrade.
+      env.WATCHDOG_PID = String(process.pid);
       notifier.watchdog = setInterval(
         () => void notifier.send('WATCHDOG=1'),
         Math.max(1, Math.floor(usec / 2000)),

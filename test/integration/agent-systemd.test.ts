@@ -70,6 +70,15 @@ while True:
 
 const has = (r: Received, pred: (m: string) => boolean) => r.messages.some(pred);
 
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
 describe('the agent as a Type=notify systemd service', () => {
   it('says READY=1 with each app release in STATUS=, pings the watchdog, names its successor with MAINPID= and says STOPPING=1', async () => {
     const tmp = await tempDir();
@@ -84,6 +93,7 @@ describe('the agent as a Type=notify systemd service', () => {
       });
       const agent = await startAgent(config, {
         env: { NOTIFY_SOCKET: socket, WATCHDOG_USEC: '400000' },
+        ownPid: ['WATCHDOG_PID'],
       });
       await until(() => has(systemd, (m) => m.startsWith('READY=1')), 'READY=1');
       const ready = systemd.messages.find((m) => m.startsWith('READY=1'))!;
@@ -106,16 +116,21 @@ describe('the agent as a Type=notify systemd service', () => {
         () => systemd.messages.slice(before).filter((m) => m === 'WATCHDOG=1').length >= 2,
         'watchdog pings from the new agent',
       );
+      // A second upgrade hands the watchdog on again: WATCHDOG_PID from systemd names only the
+      // first agent.
+      const first = successor;
+      const next = await control(agent.socket, { method: 'upgrade' });
+      successor = (next.result as { pid: number }).pid;
+      await until(() => has(systemd, (m) => m === `MAINPID=${successor}`), 'the second MAINPID=');
+      await until(() => !alive(first), 'the first successor to exit');
+      const later = systemd.messages.length;
+      await until(
+        () => systemd.messages.slice(later).filter((m) => m === 'WATCHDOG=1').length >= 2,
+        'watchdog pings from the agent after two upgrades',
+      );
       process.kill(successor, 'SIGTERM');
       await until(() => has(systemd, (m) => m === 'STOPPING=1'), 'STOPPING=1');
-      await until(() => {
-        try {
-          process.kill(successor!, 0);
-          return false;
-        } catch {
-          return true;
-        }
-      }, 'the new agent to stop');
+      await until(() => !alive(successor!), 'the new agent to stop');
       successor = undefined;
     } finally {
       if (successor !== undefined) process.kill(successor, 'SIGKILL');

@@ -76,10 +76,24 @@ export async function startAgent(
     env?: NodeJS.ProcessEnv;
     stdio?: (number | 'pipe' | 'ignore')[];
     expectFailure?: boolean;
+    /** Variables set to the agent's own pid, as systemd sets WATCHDOG_PID. */
+    ownPid?: string[];
   } = {},
 ): Promise<RunningAgent> {
   const extra = opts.stdio ?? [];
-  const proc = spawn(process.execPath, [CLI, 'agent', 'run', '--config', configFile], {
+  const argv = [process.execPath, CLI, 'agent', 'run', '--config', configFile];
+  const names = opts.ownPid ?? [];
+  // Through a shell that execs: its $$ is the agent's pid.
+  const [file, ...args] = names.length
+    ? [
+        '/bin/sh',
+        '-c',
+        `${names.map((n) => `${n}=$$`).join(' ')}; export ${names.join(' ')}; exec "$@"`,
+        'agent',
+        ...argv,
+      ]
+    : argv;
+  const proc = spawn(file!, args, {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe', ...extra],
   });
