@@ -197,20 +197,8 @@ export class Generation {
   private async endLeftovers(): Promise<void> {
     const { signal, timeoutMs } = this.app.drain;
     const strays = await this.strays();
-    const signalRest = async (sig: NodeJS.Signals) => {
-      for (const g of this.groups) signalGroup(g, sig);
-      for (const pid of strays) {
-        // Still the same process: it carries the generation's environment.
-        if (!(await this.carriesEnvironment(pid))) continue;
-        try {
-          process.kill(pid, sig);
-        } catch {
-          // Gone already.
-        }
-      }
-    };
-    await signalRest(signal);
-    setTimeout(() => void signalRest('SIGKILL'), timeoutMs).unref();
+    await this.signalAll(signal, strays);
+    setTimeout(() => void this.signalAll('SIGKILL', strays), timeoutMs).unref();
   }
 
   get number(): number {
@@ -462,10 +450,21 @@ export class Generation {
     if (links.pgid > 1 && links.pgid !== (await agentGroup())) this.groups.add(links.pgid);
   }
 
-  /** Signals every process group of the generation, including its main process's current one. */
-  private async signalAll(signal: NodeJS.Signals): Promise<void> {
+  /**
+   * Signals every process group of the generation, including its main process's current one,
+   * and the `strays` found before (each only while it still carries the generation's environment).
+   */
+  private async signalAll(signal: NodeJS.Signals, strays: readonly number[] = []): Promise<void> {
     await this.trackMainGroup();
     for (const g of this.groups) signalGroup(g, signal);
+    for (const pid of strays) {
+      if (!(await this.carriesEnvironment(pid))) continue;
+      try {
+        process.kill(pid, signal);
+      } catch {
+        // Gone already.
+      }
+    }
   }
 
   private async belongs(pid: number): Promise<boolean> {
@@ -655,17 +654,20 @@ export class Generation {
 
   /**
    * Asks the generation to drain with the app's drain signal; SIGKILL at the deadline. Whatever
-   * the generation forked is killed once it has gone, so no stray process keeps a listener.
+   * the generation forked is killed once it has gone, so no stray process keeps a listener: its
+   * process groups, and for `readiness: systemd` a process in a session of its own that carries
+   * the generation's environment.
    */
   async stop(reason: 'drain' | 'abort'): Promise<'exited' | 'killed'> {
     this.stopping = true;
     clearTimeout(this.watchdogTimer);
+    const strays = await this.strays();
     if (this.hasExited) {
-      await this.signalAll('SIGKILL');
+      await this.signalAll('SIGKILL', strays);
       return 'exited';
     }
     const { signal, timeoutMs } = this.app.drain;
-    await this.signalAll(reason === 'abort' ? 'SIGKILL' : signal);
+    await this.signalAll(reason === 'abort' ? 'SIGKILL' : signal, strays);
     let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
       this.exited.then(() => 'exited' as const),
@@ -674,7 +676,7 @@ export class Generation {
       ),
     ]);
     clearTimeout(timer);
-    await this.signalAll('SIGKILL');
+    await this.signalAll('SIGKILL', strays);
     if (outcome === 'timeout') {
       await this.exited;
       return 'killed';

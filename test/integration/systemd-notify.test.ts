@@ -187,6 +187,30 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
     });
   }
 
+  it('a deploy drains a worker of the old generation that is in a session of its own', async () => {
+    await withWebAgent(
+      ['v1', 'v2'],
+      sdApp({ SD_MODE: 'worker', SD_WORKER_SETSID: '1' }),
+      async (ctx) => {
+        const serving = await ctx.agent.waitFor(
+          (r) => r.type === 'log' && /^worker \d+ serving$/.test(String(r.line)),
+          'the worker to serve',
+        );
+        const workerPid = Number(/\d+/.exec(String(serving.line))![0]);
+        await writeFile(path.join(ctx.dirs.v2!, 'baton.yml'), 'env: {SD_MODE: normal}\n');
+        await control(ctx.agent.socket, { method: 'deploy', app: 'web', releaseDir: ctx.dirs.v2! });
+        await until(() => !isAlive(workerPid), 'the old worker to be drained');
+        const log = await readFile(path.join(ctx.dir, 'state/logs/web.gen-1.log'), 'utf8');
+        assert.match(
+          log,
+          new RegExp(`^worker ${workerPid} drained$`, 'm'),
+          'it drained on the drain signal',
+        );
+        for (let i = 0; i < 20; i++) assert.match((await get(ctx.port)).body, /^sd v2 2 /);
+      },
+    );
+  });
+
   it('a missed watchdog restarts the generation like a crash, with no refused connection', async () => {
     await withWebAgent(['v1'], sdApp({}, { watchdogMs: 1500 }), async (ctx) => {
       const traffic = load(ctx.port, { workers: 4, keepAlive: false, maxRequests: 50_000 });
