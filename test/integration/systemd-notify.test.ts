@@ -46,13 +46,10 @@ function notifyLines(events: readonly SupervisorEvent[], generation: number): st
   );
 }
 
-function isAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
+/** Running: a zombie counts as gone (its parent died, and who adopts it may reap it late). */
+async function isAlive(pid: number): Promise<boolean> {
+  const stat = await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '');
+  return stat !== '' && stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
 }
 
 describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
@@ -143,11 +140,11 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
       assert.notEqual(mainPid, firstPid, 'the status names the forked child, not the parent');
       assert.ok(notifyLines(events, 2).includes(`MAINPID=${mainPid}`));
       // The parent has exited; the child serves, and no crash was seen.
-      await until(() => !isAlive(firstPid), 'the forking parent to exit');
+      await until(async () => !(await isAlive(firstPid)), 'the forking parent to exit');
       assert.equal((await get(ctx.port)).body, `sd v2 2 ${mainPid}\n`);
       assert.ok(!ctx.agent.events.some((e) => e.type === 'phase' && e.phase === 'crashed'));
       await control(ctx.agent.socket, { method: 'deploy', app: 'web', releaseDir: ctx.dirs.v3! });
-      await until(() => !isAlive(mainPid), 'the forked main process to be drained');
+      await until(async () => !(await isAlive(mainPid)), 'the forked main process to be drained');
       assert.match((await get(ctx.port)).body, /^sd v3 3 /);
     });
   });
@@ -170,7 +167,7 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
           (r) => r.type === 'phase' && r.phase === 'crashed' && r.generation === 1,
           'the crash',
         );
-        await until(() => !isAlive(workerPid), 'the worker to be drained');
+        await until(async () => !(await isAlive(workerPid)), 'the worker to be drained');
         const log = await readFile(path.join(ctx.dir, 'state/logs/web.gen-1.log'), 'utf8');
         assert.match(
           log,
@@ -199,7 +196,7 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
         const workerPid = Number(/\d+/.exec(String(serving.line))![0]);
         await writeFile(path.join(ctx.dirs.v2!, 'baton.yml'), 'env: {SD_MODE: normal}\n');
         await control(ctx.agent.socket, { method: 'deploy', app: 'web', releaseDir: ctx.dirs.v2! });
-        await until(() => !isAlive(workerPid), 'the old worker to be drained');
+        await until(async () => !(await isAlive(workerPid)), 'the old worker to be drained');
         const log = await readFile(path.join(ctx.dir, 'state/logs/web.gen-1.log'), 'utf8');
         assert.match(
           log,
