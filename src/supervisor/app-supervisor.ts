@@ -3,6 +3,7 @@ import { report, type Reporter, type SupervisorEvent } from '../protocol/events.
 import type { AppConfig } from './config.js';
 import { readEnvFile, SecretMasker, secretValues } from './env-file.js';
 import { checkReleaseDir, Generation, type Launch, type Release } from './generation.js';
+import { MAX_STATUS } from './notify-socket.js';
 import { accountEnv, launchShell, type RunAs } from './privilege.js';
 import { linkShared, prepareShared } from './shared-paths.js';
 import { runHook, type HookName } from './hooks.js';
@@ -199,7 +200,10 @@ export class AppSupervisor {
       deploy: this.deploying,
       restarts: this.restarts,
       lastError: this.lastError,
-      notifyStatus: gen && !gen.hasExited ? gen.statusText : undefined,
+      notifyStatus:
+        gen && !gen.hasExited && gen.statusText !== undefined
+          ? this.masker.mask(gen.statusText).slice(0, MAX_STATUS)
+          : undefined,
       user: this.runtime.runAs?.user,
     };
   }

@@ -184,14 +184,25 @@ function unreadable(file: string, reason: string): BatonError {
 }
 
 /** Masks secret values in text meant for people: events, log lines, errors. */
+/** The shortest line of a multi-line secret masked on its own. */
+const MIN_SECRET_LINE = 8;
+
 export class SecretMasker {
   private readonly secrets: string[];
 
   constructor(secrets: Iterable<string>) {
+    const forms: string[] = [];
+    for (const secret of secrets) {
+      forms.push(secret);
+      // As it shows where control characters are made spaces (a STATUS= line)...
+      forms.push(secret.replace(/[\x00-\x1f\x7f]/g, ' '));
+      // ...and line by line, since output is masked a line at a time (a PEM key, say). Short
+      // lines would mask ordinary text, and give away little.
+      for (const line of secret.split(/\r?\n/))
+        if (line.trim().length >= MIN_SECRET_LINE) forms.push(line);
+    }
     // Longest first, so where one secret contains another the longer one is found too.
-    this.secrets = [...new Set(secrets)]
-      .filter((s) => s !== '')
-      .sort((a, b) => b.length - a.length);
+    this.secrets = [...new Set(forms)].filter((s) => s !== '').sort((a, b) => b.length - a.length);
   }
 
   get active(): boolean {

@@ -27,7 +27,8 @@ export interface NotifyMessage {
 
 /** systemd reads at most this much of a datagram (NOTIFY_BUFFER_MAX is PIPE_BUF). */
 const MAX_DATAGRAM = 4096;
-const MAX_STATUS = 512;
+/** The longest STATUS= shown in `baton agent status`, cut after secrets are masked. */
+export const MAX_STATUS = 512;
 
 function withoutControls(text: string): string {
   let out = '';
@@ -67,7 +68,8 @@ export function parseNotifyMessage(datagram: Buffer): NotifyMessage {
     else if (key === 'STOPPING' && value === '1') message.stopping = true;
     else if (key === 'RELOADING' && value === '1') message.reloading = true;
     // Control characters would let an app forge lines in the deploy stream.
-    else if (key === 'STATUS') message.status = withoutControls(value).slice(0, MAX_STATUS);
+    // Not cut here: a secret across the cut would not be found whole to be masked.
+    else if (key === 'STATUS') message.status = withoutControls(value);
     else if (key === 'MAINPID' && positiveInt(value)) message.mainPid = positiveInt(value);
     else if (key === 'EXTEND_TIMEOUT_USEC' && positiveInt(value))
       message.extendTimeoutUsec = positiveInt(value);

@@ -85,6 +85,25 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
     });
   });
 
+  it('a secret in STATUS= is masked in the stream and in agent status, whatever control characters it holds', async () => {
+    const secret = `tok\ten-${Date.now()}`;
+    const app = {
+      ...sdApp({ SD_STATUS_SUFFIX: ` with ${secret}` }),
+      secretEnv: ['SD_STATUS_SUFFIX'],
+    };
+    await withWebAgent(['v1'], app, async (ctx) => {
+      const status = await webStatus(ctx.agent.socket);
+      assert.equal(status.notifyStatus, `serving ${status.generation!.pid}***`);
+      const shown = JSON.stringify(ctx.agent.events);
+      assert.ok(!shown.includes(secret.replace('\t', ' ')), shown);
+      assert.ok(
+        ctx.agent.events.some(
+          (e) => e.type === 'log' && e.line === `STATUS=serving ${status.generation!.pid}***`,
+        ),
+      );
+    });
+  });
+
   it('a generation that never sends READY=1 misses its deadline and the old one keeps serving', async () => {
     await withWebAgent(['v1', 'v2'], sdApp(), async (ctx) => {
       // v2's own baton.yml: ready only after 30 s, with a 1 s deadline.

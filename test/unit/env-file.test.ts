@@ -209,6 +209,22 @@ describe('SecretMasker', () => {
     assert.equal(new SecretMasker(['x']).mask('no match here'), 'no match here');
   });
 
+  it('masks a secret with control characters as a STATUS= line shows it (made spaces)', () => {
+    const masker = new SecretMasker(['pass\tword-42']);
+    assert.equal(masker.mask('STATUS=connected with pass word-42'), 'STATUS=connected with ***');
+    assert.equal(masker.mask('raw pass\tword-42'), 'raw ***');
+  });
+
+  it('masks each long enough line of a multi-line secret, as output is masked line by line', () => {
+    const key = '-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nab\n-----END KEY-----';
+    const masker = new SecretMasker([key]);
+    assert.equal(masker.mask('MIIEvQIBADANBgkqhkiG9w0B'), '***');
+    assert.equal(masker.mask('-----END KEY-----'), '***');
+    // A short line alone would mask ordinary text: it is not taken on its own.
+    assert.equal(masker.mask('ab cd'), 'ab cd');
+    assert.equal(masker.mask(`the key: ${key}`), 'the key: ***');
+  });
+
   it('escapes nothing: secrets are text, not patterns', () => {
     assert.equal(new SecretMasker(['a.b*']).mask('axb a.b* a.b'), 'axb *** a.b');
   });
