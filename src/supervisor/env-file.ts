@@ -184,6 +184,16 @@ function unreadable(file: string, reason: string): BatonError {
 }
 
 /** Masks secret values in text meant for people: events, log lines, errors. */
+/** Control characters made spaces, so a line cannot forge others (a STATUS= in the stream). */
+export function withoutControls(text: string): string {
+  let out = '';
+  for (const ch of text) {
+    const code = ch.codePointAt(0)!;
+    out += code < 0x20 || code === 0x7f ? ' ' : ch;
+  }
+  return out;
+}
+
 /** The shortest line of a multi-line secret masked on its own. */
 const MIN_SECRET_LINE = 8;
 
@@ -195,7 +205,7 @@ export class SecretMasker {
     for (const secret of secrets) {
       forms.push(secret);
       // As it shows where control characters are made spaces (a STATUS= line)...
-      forms.push(secret.replace(/[\x00-\x1f\x7f]/g, ' '));
+      forms.push(withoutControls(secret));
       // ...and line by line, since output is masked a line at a time (a PEM key, say). Short
       // lines would mask ordinary text, and give away little.
       for (const line of secret.split(/\r?\n/))

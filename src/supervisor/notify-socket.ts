@@ -3,6 +3,7 @@ import { chmod, chown, mkdir, rm } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import { BatonError, errorMessage } from '../errors.js';
+import { withoutControls } from './env-file.js';
 
 /**
  * systemd's notify protocol on the receiving side: a unix datagram socket per generation, whose
@@ -29,15 +30,6 @@ export interface NotifyMessage {
 const MAX_DATAGRAM = 4096;
 /** The longest STATUS= shown in `baton agent status`, cut after secrets are masked. */
 export const MAX_STATUS = 512;
-
-function withoutControls(text: string): string {
-  let out = '';
-  for (const ch of text) {
-    const code = ch.codePointAt(0)!;
-    out += code < 0x20 || code === 0x7f ? ' ' : ch;
-  }
-  return out;
-}
 
 function positiveInt(value: string): number | undefined {
   if (!/^\d{1,16}$/.test(value)) return undefined;
