@@ -40,6 +40,13 @@ export const ListenerSchema = z
   });
 export type ListenerConfig = z.infer<typeof ListenerSchema>;
 
+/** The longest wait a Node timer can hold (2^31 - 1 ms, about 24.8 days); longer fires at once. */
+export const MAX_TIMER_MS = 2 ** 31 - 1;
+/** A duration in milliseconds: a positive whole number a timer can wait. */
+function durationMs() {
+  return z.number().int().positive().max(MAX_TIMER_MS, 'at most 2147483647 ms (about 24.8 days)');
+}
+
 const HookSchema = z.union([
   z
     .string()
@@ -50,7 +57,7 @@ const HookSchema = z.union([
       /** Shell command, run with /bin/sh -c in the release directory. */
       run: z.string().min(1),
       /** Killed, and counted as failed, after this long. */
-      timeoutMs: z.number().int().positive().default(60_000),
+      timeoutMs: durationMs().default(60_000),
     })
     .strict(),
 ]);
@@ -61,7 +68,7 @@ export const ReadinessSchema = z.discriminatedUnion('type', [
     .object({
       /** The app writes `READY=1\n` to the fd named in `BATON_NOTIFY_FD`. */
       type: z.literal('notify'),
-      timeoutMs: z.number().int().positive().default(30_000),
+      timeoutMs: durationMs().default(30_000),
     })
     .strict(),
   z
@@ -69,8 +76,8 @@ export const ReadinessSchema = z.discriminatedUnion('type', [
       /** The agent GETs this path on `127.0.0.1:$BATON_HEALTH_PORT`, a port private to the generation. */
       type: z.literal('http'),
       path: z.string().startsWith('/').default('/healthz'),
-      intervalMs: z.number().int().positive().default(100),
-      timeoutMs: z.number().int().positive().default(30_000),
+      intervalMs: durationMs().default(100),
+      timeoutMs: durationMs().default(30_000),
     })
     .strict(),
   z
@@ -81,19 +88,19 @@ export const ReadinessSchema = z.discriminatedUnion('type', [
        * to the generation. Needs the optional package node-unix-socket.
        */
       type: z.literal('systemd'),
-      timeoutMs: z.number().int().positive().default(30_000),
+      timeoutMs: durationMs().default(30_000),
       /**
        * Like `WatchdogSec=`: the app gets `WATCHDOG_USEC` and must send `WATCHDOG=1` at least this
        * often once ready; a generation that stops is restarted like a crash, listeners kept.
        */
-      watchdogMs: z.number().int().positive().optional(),
+      watchdogMs: durationMs().optional(),
     })
     .strict(),
   z
     .object({
       /** Ready after a fixed delay, if the process is still alive. The weakest check. */
       type: z.literal('delay'),
-      ms: z.number().int().nonnegative().default(1000),
+      ms: z.number().int().nonnegative().max(MAX_TIMER_MS).default(1000),
     })
     .strict(),
 ]);
@@ -155,17 +162,17 @@ export const AppSchema = z
         /** Signal that asks a generation to drain and exit. */
         signal: z.enum(SIGNALS).default('SIGTERM'),
         /** SIGKILL after this long. */
-        timeoutMs: z.number().int().positive().default(30_000),
+        timeoutMs: durationMs().default(30_000),
       })
       .strict()
       .default({ signal: 'SIGTERM', timeoutMs: 30_000 }),
     restart: z
       .object({
         /** First delay before restarting a crashed generation; doubles each time up to `maxBackoffMs`. */
-        initialBackoffMs: z.number().int().nonnegative().default(100),
-        maxBackoffMs: z.number().int().positive().default(30_000),
+        initialBackoffMs: z.number().int().nonnegative().max(MAX_TIMER_MS).default(100),
+        maxBackoffMs: durationMs().default(30_000),
         /** A generation that served this long resets the backoff. */
-        resetAfterMs: z.number().int().positive().default(30_000),
+        resetAfterMs: durationMs().default(30_000),
       })
       .strict()
       .default({ initialBackoffMs: 100, maxBackoffMs: 30_000, resetAfterMs: 30_000 }),
@@ -229,7 +236,7 @@ export const AppSchema = z
          * sampled every `memoryCheckMs`): a generation over it is restarted like a crash.
          */
         memoryBytes: z.number().int().positive().optional(),
-        memoryCheckMs: z.number().int().positive().default(1000),
+        memoryCheckMs: durationMs().default(1000),
       })
       .strict()
       .default({ memoryCheckMs: 1000 }),

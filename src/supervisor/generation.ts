@@ -6,7 +6,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { BatonError, errorMessage } from '../errors.js';
 import { report, type Reporter } from '../protocol/events.js';
-import type { AppConfig, ReadinessConfig } from './config.js';
+import { MAX_TIMER_MS, type AppConfig, type ReadinessConfig } from './config.js';
 import type { Listener } from './listeners.js';
 import { LogTail } from './log-tail.js';
 import type { GenerationRecord } from './state.js';
@@ -588,7 +588,9 @@ export class Generation {
     const deadline = new Promise<'timeout'>((resolve) => {
       timer = setTimeout(() => resolve('timeout'), timeoutMs);
       // EXTEND_TIMEOUT_USEC=: the deadline moves to that long from now, if that is later.
-      this.extendDeadline = (ms) => {
+      this.extendDeadline = (asked) => {
+        // EXTEND_TIMEOUT_USEC= comes from the app: no longer than a timer can wait.
+        const ms = Math.min(asked, MAX_TIMER_MS);
         if (Date.now() + ms <= end) return;
         end = Date.now() + ms;
         clearTimeout(timer);

@@ -72,6 +72,14 @@ describe('parseAgentConfig', () => {
       assertNames(err, 'apps.0.drain', 'timeout');
     });
 
+    it('a duration longer than a timer can wait (it would fire at once)', () => {
+      const err = invalid(
+        config(app({ readiness: { type: 'systemd', timeoutMs: 1000, watchdogMs: 2 ** 31 } })),
+      );
+      assertNames(err, 'apps.0.readiness.watchdogMs', '24.8 days');
+      assertNames(invalid(config(app({ drain: { timeoutMs: 3e12 } }))), 'apps.0.drain.timeoutMs');
+    });
+
     it('in the second app, with its index', () => {
       const err = invalid(config(app(), app({ name: 'api', listenrs: [] })));
       assertNames(err, 'apps.1', 'listenrs');
