@@ -520,16 +520,20 @@ export class Generation {
   private watchMemory(): void {
     const limit = this.app.limits.memoryBytes;
     if (limit === undefined) return;
-    let told = false;
+    // Told again while still over, a while after: a restart put off (a deploy was running) or
+    // failed must not leave the generation over its ceiling for good.
+    const again = Math.max(this.app.restart.maxBackoffMs, this.app.limits.memoryCheckMs);
+    let toldAt = -Infinity;
+    const quiet = () => Date.now() - toldAt < again;
     let sampling = false;
     this.memoryTimer = setInterval(() => {
-      if (sampling || told || this.stopping || this.hasExited) return;
+      if (sampling || quiet() || this.stopping || this.hasExited) return;
       sampling = true;
       void this.trackMainGroup()
         .then(() => groupsResidentBytes(this.groups))
         .then((bytes) => {
-          if (bytes <= limit || told || this.stopping || this.hasExited) return;
-          told = true;
+          if (bytes <= limit || quiet() || this.stopping || this.hasExited) return;
+          toldAt = Date.now();
           this.say(
             `memory ceiling: ${Math.round(bytes / 2 ** 20)} MiB resident, over the ${Math.round(limit / 2 ** 20)} MiB of limits.memoryBytes`,
           );

@@ -888,6 +888,53 @@ describe('apps run with least privilege', () => {
   });
 });
 
+describe('the memory ceiling, when the restart has to wait', () => {
+  it('a generation that grew over it during a deploy that then failed is restarted after all', async () => {
+    const tmpGate = await passableTempDir();
+    const gate = gatedHook(tmpGate.dir, 'gate');
+    const probe = await startProbe({
+      limits: { memoryBytes: 120 * 2 ** 20, memoryCheckMs: 200 },
+      restart: { maxBackoffMs: 500 },
+      hooks: { beforeRestart: gate.hook },
+    });
+    try {
+      // A release whose generation exits at once: its deploy fails, generation 1 serves on.
+      const [bad] = await releases(probe.dir, 'bad');
+      await writeFile(path.join(bad!, 'baton.yml'), "command: [/bin/sh, -c, 'exit 3']\n");
+      const deploying = controlError(probe.agent.socket, {
+        method: 'deploy',
+        app: 'web',
+        releaseDir: bad!,
+      });
+      await probe.agent.waitFor(
+        (r) => r.type === 'phase' && r.phase === 'hook-started' && r.hook === 'beforeRestart',
+        'the deploy to reach its hook',
+      );
+      // Over the ceiling while the deploy runs: the restart has to wait for it.
+      assert.equal((await get(probe.port, '/grow')).status, 200);
+      await probe.agent.waitFor(
+        (r) =>
+          r.type === 'log' && r.source === 'gen-1:notify' && /memory ceiling/.test(String(r.line)),
+        'the agent to see it',
+      );
+      await gate.open();
+      assert.equal((await deploying).code, 'GENERATION_EXITED');
+      await probe.agent.waitFor(
+        (r) => r.type === 'phase' && r.phase === 'switched' && r.generation === 3,
+        'the memory restart, once the deploy is over',
+      );
+      await probe.agent.waitFor(
+        (r) => r.type === 'phase' && r.phase === 'drained' && r.generation === 1,
+        'generation 1 to be drained',
+      );
+      assert.match((await get(probe.port)).body, /^r0 3 /);
+    } finally {
+      await probe.cleanup();
+      await tmpGate.cleanup();
+    }
+  });
+});
+
 describe('secret masking beyond a single deploy', () => {
   const secretEnvFile = (secret: string) => (dir: string) =>
     writePrivate(path.join(dir, 'web.env'), `DB_PASSWORD=${secret}\n`);
