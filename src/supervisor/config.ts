@@ -190,7 +190,12 @@ export const AppSchema = z
       .strict()
       .default({}),
     /** Extra environment for the app and its hooks. */
-    env: z.record(z.string(), z.string()).default({}),
+    env: z
+      .record(
+        z.string().regex(ENV_NAME, 'an environment variable name (letters, digits, _)'),
+        z.string(),
+      )
+      .default({}),
     /**
      * A file on this host (systemd's `EnvironmentFile=` syntax: KEY=value lines, # comments,
      * quotes) read at every start of a generation or hook, so secrets stay on the host.

@@ -204,6 +204,14 @@ function ulimit(flag: string, value: number, what: string): string {
  * `export` statements in this one variable) just before it execs the app.
  */
 export const LAUNCH_ENV = 'BATON_LAUNCH_ENV';
+/**
+ * Linux refuses a single environment string over 128 KiB (MAX_ARG_STRLEN): the statements are
+ * spread over `BATON_LAUNCH_ENV_0`, `_1`, … each under this, their count in `BATON_LAUNCH_ENV`.
+ */
+const LAUNCH_ENV_CHUNK = 100 * 1024;
+const SHELL_NAME = /^[A-Za-z_][A-Za-z0-9_]*$/;
+/** The app side's loop counter: a name no app variable may take. */
+const LOOP = 'BATON_LAUNCH_I';
 /** Set by the launch shell itself (to its own pid), after the app's environment. */
 const SHELL_SET = new Set(['LISTEN_PID', 'WATCHDOG_PID']);
 
@@ -219,10 +227,28 @@ export function launchEnvironment(
   agentSet: Record<string, string>,
 ): NodeJS.ProcessEnv {
   if (!launch.switchesUser) return { ...base, ...appEnv, ...agentSet };
-  const exports = Object.entries(appEnv)
-    .filter(([key]) => !(key in agentSet) && !SHELL_SET.has(key))
-    .map(([key, value]) => `export ${key}=${shellQuote(value)}`);
-  return { ...base, ...agentSet, [LAUNCH_ENV]: exports.join('\n') };
+  const chunks: string[] = [];
+  let chunk = '';
+  for (const [key, value] of Object.entries(appEnv)) {
+    if (key in agentSet || SHELL_SET.has(key) || key === LOOP || key.startsWith(LAUNCH_ENV))
+      continue;
+    // Config and env files allow only such names; the script is eval'd, so check again here.
+    if (!SHELL_NAME.test(key))
+      throw new BatonError(
+        'CONFIG_INVALID',
+        `environment variable name ${JSON.stringify(key)} is not a valid name; use letters, digits and _`,
+      );
+    const statement = `export ${key}=${shellQuote(value)}\n`;
+    if (chunk && Buffer.byteLength(chunk) + Buffer.byteLength(statement) > LAUNCH_ENV_CHUNK) {
+      chunks.push(chunk);
+      chunk = '';
+    }
+    chunk += statement;
+  }
+  if (chunk) chunks.push(chunk);
+  const env: NodeJS.ProcessEnv = { ...base, ...agentSet, [LAUNCH_ENV]: String(chunks.length) };
+  chunks.forEach((c, i) => (env[`${LAUNCH_ENV}_${i}`] = c));
+  return env;
 }
 
 /**
@@ -251,7 +277,10 @@ export function launchShell(
     return { setup: statements.join('; '), exec: 'exec', switchesUser: false };
   const groups = runAs.groups.length ? `--groups=${runAs.groups.join(',')}` : '--clear-groups';
   // Runs as the app's user: the app's environment is set only here (see LAUNCH_ENV).
-  const appSide = `eval "$${LAUNCH_ENV}"; unset ${LAUNCH_ENV}; exec "$@"`;
+  const appSide =
+    `${LOOP}=0; while [ "$${LOOP}" -lt "$${LAUNCH_ENV}" ]; do ` +
+    `eval "eval \\"\\$${LAUNCH_ENV}_$${LOOP}\\""; unset "${LAUNCH_ENV}_$${LOOP}"; ${LOOP}=$((${LOOP} + 1)); done; ` +
+    `unset ${LOOP} ${LAUNCH_ENV}; exec "$@"`;
   return {
     setup: statements.join('; '),
     exec: `exec ${shellQuote(setpriv())} --reuid=${runAs.uid} --regid=${runAs.gid} ${groups} -- /bin/sh -c ${shellQuote(appSide)} baton-launch`,

@@ -5,6 +5,7 @@ import { promisify } from 'node:util';
 import { AppSchema, type AppConfig } from '../../src/supervisor/config.js';
 import {
   accountEnv,
+  launchEnvironment,
   launchShell,
   resolveRunAs,
   shellQuote,
@@ -155,6 +156,58 @@ describe('launchShell', () => {
     assert.equal(core, '0');
     const [listenPid, pid] = pids!.split(' ');
     assert.equal(listenPid, pid, 'exec keeps the pid');
+  });
+
+  it("hands the app's environment past the switch whole: any value, over 128 KiB in all, no root-side trace", async () => {
+    const config = app({ user: 'nobody' });
+    const launcher = launchShell(await resolveRunAs(config, 0), config);
+    const big = (c: string) => c.repeat(90 * 1024);
+    const appEnv = {
+      ODD: `it's "quoted" $HOME \`x\` \\ \n two lines`,
+      BIG_A: big('a'),
+      BIG_B: big('b'),
+      i: 'the loop counter is not this',
+      LISTEN_PID: 'not the shell pid',
+    };
+    const env = launchEnvironment(launcher, { PATH: process.env.PATH }, appEnv, {
+      BATON_APP: 'web',
+    });
+    // Nothing of the app's own reaches the root side but in the hand-off variables.
+    for (const [key, value] of Object.entries(env))
+      if (!key.startsWith('BATON_LAUNCH_ENV'))
+        assert.ok(!Object.values(appEnv).includes(value!), `${key} carries an app value`);
+    assert.equal(
+      env.BATON_LAUNCH_ENV,
+      '2',
+      'two chunks, each under the 128 KiB a variable may hold',
+    );
+    const script = `${launcher.setup}; LISTEN_PID=$$; export LISTEN_PID; ${launcher.exec} "$@"`;
+    const { stdout } = await execFileAsync(
+      '/bin/sh',
+      [
+        '-c',
+        script,
+        'web',
+        process.execPath,
+        '-e',
+        'process.stdout.write(JSON.stringify(process.env))',
+      ],
+      { env, maxBuffer: 4 * 2 ** 20 },
+    );
+    const seen = JSON.parse(stdout) as Record<string, string>;
+    for (const key of ['ODD', 'BIG_A', 'BIG_B', 'i']) assert.equal(seen[key], appEnv[key as 'ODD']);
+    assert.equal(seen.BATON_APP, 'web');
+    assert.match(seen.LISTEN_PID!, /^\d+$/, 'the shell sets LISTEN_PID, not the app env');
+    assert.ok(!Object.keys(seen).some((k) => k.startsWith('BATON_LAUNCH')), 'the hand-off is gone');
+  });
+
+  it('refuses an environment name the shell could not take', async () => {
+    const config = app({ user: 'nobody' });
+    const launcher = launchShell(await resolveRunAs(config, 0), config);
+    assert.throws(
+      () => launchEnvironment(launcher, {}, { 'a;b': '1' }, {}),
+      (err: unknown) => (err as { code?: string }).code === 'CONFIG_INVALID',
+    );
   });
 
   it('converts core bytes to 512-byte blocks, rounding up', async () => {
