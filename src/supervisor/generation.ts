@@ -125,6 +125,8 @@ export class Generation {
   private watchdogTimer: NodeJS.Timeout | undefined;
   private memoryTimer: NodeJS.Timeout | undefined;
   events: GenerationEvents = { mainChanged: () => undefined, overMemory: () => undefined };
+  /** The uid the generation's processes run as: only such processes can be its strays. */
+  private appUid = process.getuid?.() ?? 0;
 
   private constructor(
     readonly app: AppConfig,
@@ -177,15 +179,42 @@ export class Generation {
    */
   private async strays(): Promise<number[]> {
     if (this.record.notifySocket === undefined) return [];
+    await this.trackMainGroup();
     const found: number[] = [];
     for (const entry of await readdir('/proc').catch(() => [] as string[])) {
       if (!/^\d+$/.test(entry)) continue;
       const pid = Number(entry);
+      // Only the app's user's processes: their environment is all that is read.
+      const owner = await stat(`/proc/${entry}`).catch(() => undefined);
+      if (owner?.uid !== this.appUid) continue;
       const links = await processLinks(pid);
       if (!links || this.groups.has(links.pgid) || (await isZombie(pid))) continue;
       if (await this.carriesEnvironment(pid)) found.push(pid);
     }
     return found;
+  }
+
+  /**
+   * Drops the groups no process is in any more. Linux does not give out a number still in use as
+   * a process group, so an empty one could only come back as someone else's: it is never
+   * signalled again.
+   */
+  private pruneGroups(): void {
+    for (const g of this.groups) {
+      try {
+        process.kill(-g, 0);
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code === 'ESRCH') this.groups.delete(g);
+      }
+    }
+  }
+
+  /** Whether anything of the generation is left: a process in its groups, or one of `strays`. */
+  private async anyLeft(strays: readonly number[]): Promise<boolean> {
+    this.pruneGroups();
+    if (this.groups.size > 0) return true;
+    for (const pid of strays) if (await this.carriesEnvironment(pid)) return true;
+    return false;
   }
 
   /**
@@ -196,9 +225,17 @@ export class Generation {
    */
   private async endLeftovers(): Promise<void> {
     const { signal, timeoutMs } = this.app.drain;
+    await this.signalAll(signal);
     const strays = await this.strays();
-    await this.signalAll(signal, strays);
-    setTimeout(() => void this.signalAll('SIGKILL', strays), timeoutMs).unref();
+    await this.signalStrays(strays, signal);
+    const timer = setTimeout(() => {
+      void this.anyLeft(strays).then(async (left) => {
+        if (!left) return;
+        await this.signalAll('SIGKILL');
+        await this.signalStrays(strays, 'SIGKILL');
+      });
+    }, timeoutMs);
+    timer.unref();
   }
 
   get number(): number {
@@ -327,6 +364,7 @@ export class Generation {
       ...(notify && { notifySocket: notify.path }),
     };
     const gen = new Generation(app, record, tail, healthPort, child, childExit, notifyFd, reporter);
+    if (launch.owner) gen.appUid = launch.owner.uid;
     const pipe = child.stdio[notifyFd];
     if (pipe && 'on' in pipe) gen.readNotify(pipe as NodeJS.ReadableStream);
     if (notify) {
@@ -361,6 +399,7 @@ export class Generation {
     );
     await tail.start(100, false);
     const gen = new Generation(app, record, tail, undefined, undefined, undefined, -1, reporter);
+    if (launch.owner) gen.appUid = launch.owner.uid;
     const links = await processLinks(record.pid);
     if (links) gen.groups.add(links.pgid);
     gen.ready = true;
@@ -385,6 +424,8 @@ export class Generation {
     while (isAlive(pid) && !(await isZombie(pid))) {
       await delay(100);
       if (this.released) return new Promise<Exit>(() => undefined);
+      // Seen empty early, a group is dropped long before its number could be given out again.
+      this.pruneGroups();
     }
     return { code: null, signal: null };
   }
@@ -450,15 +491,21 @@ export class Generation {
     if (links.pgid > 1 && links.pgid !== (await agentGroup())) this.groups.add(links.pgid);
   }
 
-  /**
-   * Signals every process group of the generation, including its main process's current one,
-   * and the `strays` found before (each only while it still carries the generation's environment).
-   */
-  private async signalAll(signal: NodeJS.Signals, strays: readonly number[] = []): Promise<void> {
+  /** Signals every process group of the generation, including its main process's current one. */
+  private async signalAll(signal: NodeJS.Signals): Promise<void> {
     await this.trackMainGroup();
+    this.pruneGroups();
     for (const g of this.groups) signalGroup(g, signal);
+  }
+
+  /**
+   * Signals the `strays` found before, each only while it still carries the generation's
+   * environment and is not in one of its groups (signalled already).
+   */
+  private async signalStrays(strays: readonly number[], signal: NodeJS.Signals): Promise<void> {
     for (const pid of strays) {
-      if (!(await this.carriesEnvironment(pid))) continue;
+      const links = await processLinks(pid);
+      if (!links || this.groups.has(links.pgid) || !(await this.carriesEnvironment(pid))) continue;
       try {
         process.kill(pid, signal);
       } catch {
@@ -530,7 +577,10 @@ export class Generation {
       if (sampling || quiet() || this.stopping || this.hasExited) return;
       sampling = true;
       void this.trackMainGroup()
-        .then(() => groupsResidentBytes(this.groups))
+        .then(() => {
+          this.pruneGroups();
+          return groupsResidentBytes(this.groups);
+        })
         .then((bytes) => {
           if (bytes <= limit || quiet() || this.stopping || this.hasExited) return;
           toldAt = Date.now();
@@ -667,13 +717,17 @@ export class Generation {
   async stop(reason: 'drain' | 'abort'): Promise<'exited' | 'killed'> {
     this.stopping = true;
     clearTimeout(this.watchdogTimer);
-    const strays = await this.strays();
     if (this.hasExited) {
-      await this.signalAll('SIGKILL', strays);
+      await this.signalAll('SIGKILL');
+      await this.signalStrays(await this.strays(), 'SIGKILL');
       return 'exited';
     }
     const { signal, timeoutMs } = this.app.drain;
-    await this.signalAll(reason === 'abort' ? 'SIGKILL' : signal, strays);
+    const first = reason === 'abort' ? 'SIGKILL' : signal;
+    // The groups first: finding strays reads /proc, which takes a while on a busy host.
+    await this.signalAll(first);
+    const strays = await this.strays();
+    await this.signalStrays(strays, first);
     let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
       this.exited.then(() => 'exited' as const),
@@ -682,7 +736,8 @@ export class Generation {
       ),
     ]);
     clearTimeout(timer);
-    await this.signalAll('SIGKILL', strays);
+    await this.signalAll('SIGKILL');
+    await this.signalStrays(strays, 'SIGKILL');
     if (outcome === 'timeout') {
       await this.exited;
       return 'killed';

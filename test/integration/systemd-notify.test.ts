@@ -165,6 +165,11 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
       await control(ctx.agent.socket, { method: 'deploy', app: 'web', releaseDir: ctx.dirs.v3! });
       await until(async () => !(await isAlive(mainPid)), 'the forked main process to be drained');
       assert.match((await get(ctx.port)).body, /^sd v3 3 /);
+      // One drain signal, not one through its group and another to it as a stray.
+      const stopping = ctx.agent.events.filter(
+        (e) => e.type === 'log' && e.source === 'gen-2:notify' && e.line === 'STOPPING=1',
+      );
+      assert.equal(stopping.length, 1);
     });
   });
 
