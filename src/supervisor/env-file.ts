@@ -194,8 +194,10 @@ export function withoutControls(text: string): string {
   return out;
 }
 
-/** The shortest line of a multi-line secret masked on its own. */
-const MIN_SECRET_LINE = 8;
+/** A line of a multi-line secret masked on its own: 16 or more characters of base64 or hex. */
+const SECRET_LINE = /^[A-Za-z0-9+/=_-]{16,}$/;
+/** At most this many lines per secret: a certificate bundle must not slow every log line. */
+const MAX_SECRET_LINES = 256;
 
 export class SecretMasker {
   private readonly secrets: string[];
@@ -206,10 +208,12 @@ export class SecretMasker {
       forms.push(secret);
       // As it shows where control characters are made spaces (a STATUS= line)...
       forms.push(withoutControls(secret));
-      // ...and line by line, since output is masked a line at a time (a PEM key, say). Short
-      // lines would mask ordinary text, and give away little.
-      for (const line of secret.split(/\r?\n/))
-        if (line.trim().length >= MIN_SECRET_LINE) forms.push(line);
+      // ...and line by line, since output is masked a line at a time: the body lines of a PEM
+      // key, say. Only lines that look like key material: short lines, PEM armour or a JSON
+      // line like "type": "service_account" would mask ordinary text and give away little.
+      const lines = secret.split(/\r?\n/);
+      if (lines.length > 1)
+        forms.push(...lines.filter((l) => SECRET_LINE.test(l.trim())).slice(0, MAX_SECRET_LINES));
     }
     // Longest first, so where one secret contains another the longer one is found too.
     this.secrets = [...new Set(forms)].filter((s) => s !== '').sort((a, b) => b.length - a.length);

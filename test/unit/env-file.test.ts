@@ -215,13 +215,15 @@ describe('SecretMasker', () => {
     assert.equal(masker.mask('raw pass\tword-42'), 'raw ***');
   });
 
-  it('masks each long enough line of a multi-line secret, as output is masked line by line', () => {
-    const key = '-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nab\n-----END KEY-----';
+  it('masks the key-material lines of a multi-line secret, as output is masked line by line', () => {
+    const key =
+      '-----BEGIN KEY-----\nMIIEvQIBADANBgkqhkiG9w0B\nab\n  "type": "service_account",\n-----END KEY-----';
     const masker = new SecretMasker([key]);
-    assert.equal(masker.mask('MIIEvQIBADANBgkqhkiG9w0B'), '***');
-    assert.equal(masker.mask('-----END KEY-----'), '***');
-    // A short line alone would mask ordinary text: it is not taken on its own.
+    assert.equal(masker.mask('line: MIIEvQIBADANBgkqhkiG9w0B'), 'line: ***');
+    // Armour, short lines and ordinary text would mask other output: not taken on their own.
+    assert.equal(masker.mask('-----END KEY-----'), '-----END KEY-----');
     assert.equal(masker.mask('ab cd'), 'ab cd');
+    assert.equal(masker.mask('"type": "service_account",'), '"type": "service_account",');
     assert.equal(masker.mask(`the key: ${key}`), 'the key: ***');
   });
 
