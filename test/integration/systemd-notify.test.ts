@@ -52,6 +52,24 @@ async function isAlive(pid: number): Promise<boolean> {
   return stat !== '' && stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z';
 }
 
+type WebCtx = Parameters<Parameters<typeof withWebAgent>[2]>[0];
+
+/** The pid of generation 1's worker (SD_MODE=worker), once it serves. */
+async function workerOf(ctx: WebCtx): Promise<number> {
+  const serving = await ctx.agent.waitFor(
+    (r) => r.type === 'log' && /^worker \d+ serving$/.test(String(r.line)),
+    'the worker to serve',
+  );
+  return Number(/\d+/.exec(String(serving.line))![0]);
+}
+
+/** Waits for generation 1's worker to end, and checks it drained on a signal (not SIGKILL). */
+async function drainedOnSignal(ctx: WebCtx, workerPid: number): Promise<void> {
+  await until(async () => !(await isAlive(workerPid)), 'the worker to be drained');
+  const log = await readFile(path.join(ctx.dir, 'state/logs/web.gen-1.log'), 'utf8');
+  assert.match(log, new RegExp(`^worker ${workerPid} drained$`, 'm'), 'it drained on the signal');
+}
+
 describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
   it('READY=1 gates the switch; STATUS= lines reach the deploy stream and agent status', async () => {
     await withWebAgent(['v1', 'v2'], sdApp({ SD_READY_DELAY: '0.5' }), async (ctx) => {
@@ -180,24 +198,14 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
       if (setsid) env.SD_WORKER_SETSID = '1';
       await withWebAgent(['v1'], sdApp(env), async (ctx) => {
         const mainPid = (await webStatus(ctx.agent.socket)).generation!.pid;
-        const serving = await ctx.agent.waitFor(
-          (r) => r.type === 'log' && /^worker \d+ serving$/.test(String(r.line)),
-          'the worker to serve',
-        );
-        const workerPid = Number(/\d+/.exec(String(serving.line))![0]);
+        const workerPid = await workerOf(ctx);
         // The test's own agent started it: end it by its pid, as a crash would.
         process.kill(mainPid, 'SIGKILL');
         await ctx.agent.waitFor(
           (r) => r.type === 'phase' && r.phase === 'crashed' && r.generation === 1,
           'the crash',
         );
-        await until(async () => !(await isAlive(workerPid)), 'the worker to be drained');
-        const log = await readFile(path.join(ctx.dir, 'state/logs/web.gen-1.log'), 'utf8');
-        assert.match(
-          log,
-          new RegExp(`^worker ${workerPid} drained$`, 'm'),
-          'it drained on the drain signal',
-        );
+        await drainedOnSignal(ctx, workerPid);
         await ctx.agent.waitFor(
           (r) => r.type === 'phase' && r.phase === 'switched' && r.generation === 2,
           'the restarted generation',
@@ -213,20 +221,10 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
       ['v1', 'v2'],
       sdApp({ SD_MODE: 'worker', SD_WORKER_SETSID: '1' }),
       async (ctx) => {
-        const serving = await ctx.agent.waitFor(
-          (r) => r.type === 'log' && /^worker \d+ serving$/.test(String(r.line)),
-          'the worker to serve',
-        );
-        const workerPid = Number(/\d+/.exec(String(serving.line))![0]);
+        const workerPid = await workerOf(ctx);
         await writeFile(path.join(ctx.dirs.v2!, 'baton.yml'), 'env: {SD_MODE: normal}\n');
         await control(ctx.agent.socket, { method: 'deploy', app: 'web', releaseDir: ctx.dirs.v2! });
-        await until(async () => !(await isAlive(workerPid)), 'the old worker to be drained');
-        const log = await readFile(path.join(ctx.dir, 'state/logs/web.gen-1.log'), 'utf8');
-        assert.match(
-          log,
-          new RegExp(`^worker ${workerPid} drained$`, 'm'),
-          'it drained on the drain signal',
-        );
+        await drainedOnSignal(ctx, workerPid);
         for (let i = 0; i < 20; i++) assert.match((await get(ctx.port)).body, /^sd v2 2 /);
       },
     );
