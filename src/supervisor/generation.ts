@@ -19,6 +19,7 @@ import {
   isAlive,
   isZombie,
   processLinks,
+  processStartedAtMs,
   processStartTime,
   resolveCommand,
   signalGroup,
@@ -180,13 +181,17 @@ export class Generation {
   private async strays(): Promise<number[]> {
     if (this.record.notifySocket === undefined) return [];
     await this.trackMainGroup();
+    // Only processes of the app's user that started with or after the generation (a minute's
+    // margin: the boot time is in whole seconds and the wall clock may have been set since):
+    // their environment is all that is read.
+    const since = Date.parse(this.record.startedAt) - 60_000;
     const found: number[] = [];
     for (const entry of await readdir('/proc').catch(() => [] as string[])) {
       if (!/^\d+$/.test(entry)) continue;
       const pid = Number(entry);
-      // Only the app's user's processes: their environment is all that is read.
       const owner = await stat(`/proc/${entry}`).catch(() => undefined);
       if (owner?.uid !== this.appUid) continue;
+      if (((await processStartedAtMs(pid)) ?? Infinity) < since) continue;
       const links = await processLinks(pid);
       if (!links || this.groups.has(links.pgid) || (await isZombie(pid))) continue;
       if (await this.carriesEnvironment(pid)) found.push(pid);

@@ -70,6 +70,20 @@ export async function processStartTime(pid: number): Promise<number | undefined>
   return Number.isFinite(value) ? value : undefined;
 }
 
+let bootTime: Promise<number | undefined> | undefined;
+
+/**
+ * When a process started, in ms since the epoch, to within a second or so: its start ticks
+ * (USER_HZ, 100 a second on Linux) after the boot time in /proc/stat.
+ */
+export async function processStartedAtMs(pid: number): Promise<number | undefined> {
+  bootTime ??= readFile('/proc/stat', 'utf8')
+    .then((text) => Number(/^btime (\d+)$/m.exec(text)?.[1]) * 1000 || undefined)
+    .catch(() => undefined);
+  const [boot, ticks] = await Promise.all([bootTime, processStartTime(pid)]);
+  return boot === undefined || ticks === undefined ? undefined : boot + ticks * 10;
+}
+
 /** Resolves a command the way execvp would, relative to `cwd` when it has a slash. */
 export async function resolveCommand(
   command: string,
