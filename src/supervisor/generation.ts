@@ -714,10 +714,11 @@ export class Generation {
   }
 
   /**
-   * Asks the generation to drain with the app's drain signal; SIGKILL at the deadline. Whatever
-   * the generation forked is killed once it has gone, so no stray process keeps a listener: its
-   * process groups, and for `readiness: systemd` a process in a session of its own that carries
-   * the generation's environment.
+   * Asks the generation to drain with the app's drain signal; SIGKILL at the deadline. What the
+   * generation forked gets the signal too, and until the same deadline to finish after its main
+   * process exited; then it is killed, so no stray process keeps a listener: its process groups,
+   * and for `readiness: systemd` a process in a session of its own that carries the
+   * generation's environment.
    */
   async stop(reason: 'drain' | 'abort'): Promise<'exited' | 'killed'> {
     this.stopping = true;
@@ -730,6 +731,7 @@ export class Generation {
     const { signal, timeoutMs } = this.app.drain;
     const first = reason === 'abort' ? 'SIGKILL' : signal;
     // The groups first: finding strays reads /proc, which takes a while on a busy host.
+    const deadline = Date.now() + timeoutMs;
     await this.signalAll(first);
     const strays = await this.strays();
     await this.signalStrays(strays, first);
@@ -741,6 +743,10 @@ export class Generation {
       ),
     ]);
     clearTimeout(timer);
+    // What the main process leaves behind (workers still finishing their requests) has until the
+    // same deadline, as under systemd: killed at once, they would drop what they were answering.
+    if (outcome === 'exited')
+      while (Date.now() < deadline && (await this.anyLeft(strays))) await delay(50);
     await this.signalAll('SIGKILL');
     await this.signalStrays(strays, 'SIGKILL');
     if (outcome === 'timeout') {

@@ -216,10 +216,10 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
     });
   }
 
-  it('a deploy drains a worker of the old generation that is in a session of its own', async () => {
+  it('a deploy drains a worker of the old generation that is in a session of its own, and lets it finish after its main process is gone', async () => {
     await withWebAgent(
       ['v1', 'v2'],
-      sdApp({ SD_MODE: 'worker', SD_WORKER_SETSID: '1' }),
+      sdApp({ SD_MODE: 'worker', SD_WORKER_SETSID: '1', SD_WORKER_LINGER: '1.5' }),
       async (ctx) => {
         const workerPid = await workerOf(ctx);
         await writeFile(path.join(ctx.dirs.v2!, 'baton.yml'), 'env: {SD_MODE: normal}\n');
