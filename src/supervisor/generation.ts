@@ -19,7 +19,7 @@ import {
   isAlive,
   isZombie,
   processLinks,
-  processStartedAtMs,
+  processInfo,
   processStartTime,
   resolveCommand,
   signalGroup,
@@ -189,11 +189,12 @@ export class Generation {
     for (const entry of await readdir('/proc').catch(() => [] as string[])) {
       if (!/^\d+$/.test(entry)) continue;
       const pid = Number(entry);
+      // One read decides for nearly every process on the host; the rest are the few new ones.
+      const info = await processInfo(pid);
+      if (!info || info.zombie || this.groups.has(info.pgid)) continue;
+      if ((info.startedAtMs ?? Infinity) < since) continue;
       const owner = await stat(`/proc/${entry}`).catch(() => undefined);
       if (owner?.uid !== this.appUid) continue;
-      if (((await processStartedAtMs(pid)) ?? Infinity) < since) continue;
-      const links = await processLinks(pid);
-      if (!links || this.groups.has(links.pgid) || (await isZombie(pid))) continue;
       if (await this.carriesEnvironment(pid)) found.push(pid);
     }
     return found;
