@@ -183,7 +183,6 @@ function unreadable(file: string, reason: string): BatonError {
   );
 }
 
-/** Masks secret values in text meant for people: events, log lines, errors. */
 /** Control characters made spaces, so a line cannot forge others (a STATUS= in the stream). */
 export function withoutControls(text: string): string {
   let out = '';
@@ -199,6 +198,7 @@ const SECRET_LINE = /^[A-Za-z0-9+/=_-]{16,}$/;
 /** At most this many lines per secret: a certificate bundle must not slow every log line. */
 const MAX_SECRET_LINES = 256;
 
+/** Masks secret values in text meant for people: events, log lines, errors. */
 export class SecretMasker {
   private readonly secrets: string[];
 

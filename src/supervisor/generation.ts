@@ -95,7 +95,6 @@ export async function checkReleaseDir(dir: string): Promise<void> {
     );
 }
 
-/** One running instance of an app, started from one release with the app's listeners inherited. */
 let ownGroup: Promise<number | undefined> | undefined;
 /** The agent's own process group, which no signal to an app may reach. */
 function agentGroup(): Promise<number | undefined> {
@@ -103,6 +102,7 @@ function agentGroup(): Promise<number | undefined> {
   return ownGroup;
 }
 
+/** One running instance of an app, started from one release with the app's listeners inherited. */
 export class Generation {
   readonly exited: Promise<Exit>;
   private settleExit: (exit: Exit) => void = () => undefined;
@@ -231,14 +231,10 @@ export class Generation {
    */
   private async endLeftovers(): Promise<void> {
     const { signal, timeoutMs } = this.app.drain;
-    await this.signalAll(signal);
-    const strays = await this.strays();
-    await this.signalStrays(strays, signal);
+    const strays = await this.signalWhole(signal);
     const timer = setTimeout(() => {
       void this.anyLeft(strays).then(async (left) => {
-        if (!left) return;
-        await this.signalAll('SIGKILL');
-        await this.signalStrays(strays, 'SIGKILL');
+        if (left) await this.signalWhole('SIGKILL', strays);
       });
     }, timeoutMs);
     timer.unref();
@@ -490,11 +486,10 @@ export class Generation {
    * may call setsid() after it was named, so this is looked up again before each signal.
    */
   private async trackMainGroup(): Promise<void> {
-    const pid = this.record.pid;
-    const links = await processLinks(pid);
-    if (!links || (await processStartTime(pid)) !== this.record.startTime) return;
+    const info = await processInfo(this.record.pid);
+    if (!info || info.startTicks !== this.record.startTime) return;
     // Never the agent's own group, whatever the app did.
-    if (links.pgid > 1 && links.pgid !== (await agentGroup())) this.groups.add(links.pgid);
+    if (info.pgid > 1 && info.pgid !== (await agentGroup())) this.groups.add(info.pgid);
   }
 
   /** Signals every process group of the generation, including its main process's current one. */
@@ -502,6 +497,20 @@ export class Generation {
     await this.trackMainGroup();
     this.pruneGroups();
     for (const g of this.groups) signalGroup(g, signal);
+  }
+
+  /**
+   * Signals the whole generation: its groups first, then its strays (`strays` found before, or
+   * looked for now: that reads /proc, which takes a while on a busy host). Returns the strays.
+   */
+  private async signalWhole(
+    signal: NodeJS.Signals,
+    strays?: readonly number[],
+  ): Promise<readonly number[]> {
+    await this.signalAll(signal);
+    const found = strays ?? (await this.strays());
+    await this.signalStrays(found, signal);
+    return found;
   }
 
   /**
@@ -725,17 +734,12 @@ export class Generation {
     this.stopping = true;
     clearTimeout(this.watchdogTimer);
     if (this.hasExited) {
-      await this.signalAll('SIGKILL');
-      await this.signalStrays(await this.strays(), 'SIGKILL');
+      await this.signalWhole('SIGKILL');
       return 'exited';
     }
     const { signal, timeoutMs } = this.app.drain;
-    const first = reason === 'abort' ? 'SIGKILL' : signal;
-    // The groups first: finding strays reads /proc, which takes a while on a busy host.
     const deadline = Date.now() + timeoutMs;
-    await this.signalAll(first);
-    const strays = await this.strays();
-    await this.signalStrays(strays, first);
+    const strays = await this.signalWhole(reason === 'abort' ? 'SIGKILL' : signal);
     let timer: NodeJS.Timeout | undefined;
     const outcome = await Promise.race([
       this.exited.then(() => 'exited' as const),
@@ -748,8 +752,7 @@ export class Generation {
     // same deadline, as under systemd: killed at once, they would drop what they were answering.
     if (outcome === 'exited')
       while (Date.now() < deadline && (await this.anyLeft(strays))) await delay(50);
-    await this.signalAll('SIGKILL');
-    await this.signalStrays(strays, 'SIGKILL');
+    await this.signalWhole('SIGKILL', strays);
     if (outcome === 'timeout') {
       await this.exited;
       return 'killed';

@@ -73,23 +73,33 @@ export async function processStartTime(pid: number): Promise<number | undefined>
 let bootTime: Promise<number | undefined> | undefined;
 
 /**
- * One read of /proc/<pid>/stat: its process group, whether it is a zombie, and when it started,
- * in ms since the epoch to within a second or so (its start ticks, USER_HZ being 100 a second on
- * Linux, after the boot time in /proc/stat). Undefined once it is gone.
+ * One read of /proc/<pid>/stat: its process group, whether it is a zombie, and when it started:
+ * as processStartTime gives it, and in ms since the epoch to within a second or so (its start
+ * ticks, USER_HZ being 100 a second on Linux, after the boot time in /proc/stat). Undefined once
+ * it is gone.
  */
-export async function processInfo(
-  pid: number,
-): Promise<{ pgid: number; zombie: boolean; startedAtMs: number | undefined } | undefined> {
+export async function processInfo(pid: number): Promise<
+  | {
+      pgid: number;
+      zombie: boolean;
+      startTicks: number | undefined;
+      startedAtMs: number | undefined;
+    }
+  | undefined
+> {
   bootTime ??= readFile('/proc/stat', 'utf8')
     .then((text) => Number(/^btime (\d+)$/m.exec(text)?.[1]) * 1000 || undefined)
     .catch(() => undefined);
   const [boot, fields] = await Promise.all([bootTime, statFields(pid)]);
   if (!fields) return undefined;
   const ticks = Number(fields[19]);
+  const startTicks = Number.isFinite(ticks) ? ticks : undefined;
   return {
     pgid: Number(fields[2]),
     zombie: fields[0] === 'Z',
-    startedAtMs: boot === undefined || !Number.isFinite(ticks) ? undefined : boot + ticks * 10,
+    startTicks,
+    startedAtMs:
+      boot === undefined || startTicks === undefined ? undefined : boot + startTicks * 10,
   };
 }
 
