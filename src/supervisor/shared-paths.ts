@@ -135,36 +135,67 @@ export async function prepareShared(
       await handle.close();
     }
   }
-  const realRoot = await realpath(root);
   for (const entry of list) {
-    for (let i = await existingParts(root, entry); i < entry.parts.length; i++) {
-      const rel = entry.parts.slice(0, i + 1);
-      const kind = i === entry.parts.length - 1 ? entry.kind : 'dir';
-      await createOwned(entry.p, path.join(root, ...rel), path.join(realRoot, ...rel), kind, owner);
+    const existing = await existingParts(root, entry);
+    if (existing === entry.parts.length) continue;
+    // Directories under the root may be the app's (made for it here), and it may swap a symlink
+    // in at any moment: nothing below the root is reached by a path, only through the directory
+    // opened before it (/proc/self/fd/N/name resolves the last part in that very directory), and
+    // nothing is followed. A symlink raced in makes a call fail; nothing is made outside.
+    let dir = await openDir(entry.p, root, false);
+    try {
+      for (let i = 0; i < entry.parts.length; i++) {
+        const last = i === entry.parts.length - 1;
+        const kind = last ? entry.kind : 'dir';
+        const at = path.join(root, ...entry.parts.slice(0, i + 1));
+        const inDir = `/proc/self/fd/${dir.fd}/${entry.parts[i]!}`;
+        if (i >= existing) await createOwned(entry.p, at, inDir, kind, owner);
+        if (last) break;
+        const next = await openDir(entry.p, inDir, true, at);
+        await dir.close();
+        dir = next;
+      }
+    } finally {
+      await dir.close();
     }
   }
 }
 
+/** Opens a directory; with `noFollow`, refusing a symlink in its last part. */
+async function openDir(p: string, at: string, noFollow: boolean, shown = at): Promise<FileHandle> {
+  try {
+    return await open(
+      at,
+      constants.O_RDONLY | constants.O_DIRECTORY | (noFollow ? constants.O_NOFOLLOW : 0),
+    );
+  } catch (err) {
+    throw invalid(
+      p,
+      `cannot open ${shown}: ${errorMessage(err)}; was it replaced while being prepared?`,
+    );
+  }
+}
+
 /**
- * Creates one entry and hands it to `owner`. The owner may already own the directory it is made
- * in and swap a symlink in at any moment, so nothing here follows a link: the new entry is
- * opened with O_NOFOLLOW, its real place checked through /proc/self/fd, and changed only by fd.
+ * Creates one entry at `inDir` (a name inside a directory opened by fd; `at` is how it is shown)
+ * and hands it to `owner`, changed only by fd: a symlink raced in at the name makes the creation
+ * fail (mkdir and O_EXCL do not follow one) instead of reaching past it.
  */
 async function createOwned(
   p: string,
   at: string,
-  realAt: string,
+  inDir: string,
   kind: Kind,
   owner: { uid: number; gid: number } | undefined,
 ): Promise<void> {
   let handle: FileHandle;
   try {
     if (kind === 'dir') {
-      await mkdir(at, { mode: DIR_MODE });
-      handle = await open(at, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
+      await mkdir(inDir, { mode: DIR_MODE });
+      handle = await open(inDir, constants.O_RDONLY | constants.O_DIRECTORY | constants.O_NOFOLLOW);
     } else {
       handle = await open(
-        at,
+        inDir,
         constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
         FILE_MODE,
       );
@@ -173,9 +204,6 @@ async function createOwned(
     throw invalid(p, `cannot create ${at}: ${errorMessage(err)}`);
   }
   try {
-    const actual = await readlink(`/proc/self/fd/${handle.fd}`).catch(() => realpath(at));
-    if (actual !== realAt)
-      throw invalid(p, `${at} turned out to be ${actual} while being created: a symlink raced in`);
     await handle.chmod(kind === 'dir' ? DIR_MODE : FILE_MODE);
     if (owner !== undefined) await handle.chown(owner.uid, owner.gid);
   } finally {

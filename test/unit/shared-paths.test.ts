@@ -1,5 +1,17 @@
 import assert from 'node:assert/strict';
-import { lstat, mkdir, readFile, readlink, rm, stat, symlink, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import {
+  chmod,
+  lstat,
+  mkdir,
+  readdir,
+  readFile,
+  readlink,
+  rm,
+  stat,
+  symlink,
+  writeFile,
+} from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { BatonError } from '../../src/errors.js';
@@ -101,7 +113,69 @@ describe('prepareShared', () => {
       await assert.rejects(stat(path.join(outside, 'uploads')), { code: 'ENOENT' });
     });
   });
+  it('makes nothing outside while the app swaps a symlink in on the way, over and over', async () => {
+    await withDirs(async ({ root, dir }) => {
+      await chmod(dir, 0o711);
+      const outside = path.join(dir, 'outside');
+      await mkdir(outside);
+      const shared = { dirs: ['data/sub/x'], files: ['data/sub/y.txt'] };
+      await prepareShared(root, shared, NOBODY);
+      // The app (nobody) owns data/: it turns data/sub into a symlink out and back, for 2 s.
+      const swapper = spawn(
+        'setpriv',
+        [
+          '--reuid',
+          '65534',
+          '--regid',
+          '65534',
+          '--clear-groups',
+          '/usr/bin/python3',
+          '-c',
+          SWAPPER,
+          outside,
+        ],
+        { cwd: path.join(root, 'data'), stdio: ['ignore', 'inherit', 'inherit'] },
+      );
+      const done = new Promise<number | null>((resolve) => swapper.on('exit', resolve));
+      let running = true;
+      void done.then(() => (running = false));
+      let attempts = 0;
+      while (running && attempts < 20_000) {
+        attempts++;
+        await prepareShared(root, shared, NOBODY).catch(invalid());
+      }
+      assert.equal(await done, 0, 'the swapper ran to its end');
+      assert.ok(attempts > 0);
+      assert.deepEqual(await readdir(outside), [], `made outside in ${attempts} attempts`);
+    });
+  });
 });
+
+/** Run as the app's user in its data/ directory: sub becomes a symlink out, then a dir again. */
+const SWAPPER = `
+import os, shutil, sys, time
+
+def clear():
+    try:
+        os.unlink('sub')
+    except IsADirectoryError:
+        shutil.rmtree('sub', ignore_errors=True)
+    except FileNotFoundError:
+        pass
+
+end = time.monotonic() + 2
+while time.monotonic() < end:
+    clear()
+    try:
+        os.symlink(sys.argv[1], 'sub')
+    except FileExistsError:
+        continue
+    clear()
+    try:
+        os.mkdir('sub')
+    except FileExistsError:
+        pass
+`;
 
 describe('checkShared', () => {
   it('accepts paths that do not exist yet, or exist as what they should be', async () => {
