@@ -1,6 +1,7 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { copyFile } from 'node:fs/promises';
+import { chmod, copyFile, stat } from 'node:fs/promises';
 import net from 'node:net';
+import os from 'node:os';
 import path from 'node:path';
 import { controlRequest } from '../src/cli/control-client.js';
 import type { DeployResult } from '../src/supervisor/app-supervisor.js';
@@ -78,6 +79,8 @@ async function underAgent(
 /** The Python whose packages hold Debian's python3-gunicorn (not a pyenv or venv one on PATH). */
 export const GUNICORN_PYTHON = process.env.BENCH_GUNICORN_PYTHON || '/usr/bin/python3';
 export const GUNICORN_APP = path.join(ROOT, 'bench/fixtures/gunicorn_app.py');
+/** The user gunicorn runs as; its release directories must be readable to it. */
+const GUNICORN_USER = 'nobody';
 /** gunicorn's own drain (`--graceful-timeout`); the agent's drain deadline is longer. */
 const GUNICORN_GRACE_SECONDS = 10;
 
@@ -104,6 +107,9 @@ export function gunicornVersion(): string {
 export async function startGunicorn(dir: string): Promise<Contestant & { agent: RunningAgent }> {
   const [g1, g2] = await releases(dir, 'g1', 'g2');
   for (const r of [g1!, g2!]) await copyFile(GUNICORN_APP, path.join(r, 'gunicorn_app.py'));
+  // Passable to the app's user down to its releases (a temp dir is 0700).
+  for (let d = dir; d.startsWith(`${os.tmpdir()}${path.sep}`); d = path.dirname(d))
+    await chmod(d, (await stat(d)).mode | 0o111);
   const app = webApp({
     release: g1,
     command: [
@@ -120,8 +126,8 @@ export async function startGunicorn(dir: string): Promise<Contestant & { agent: 
     drain: { signal: 'SIGTERM', timeoutMs: (GUNICORN_GRACE_SECONDS + 5) * 1000 },
     // Python would write __pycache__ into the release directory; releases stay as shipped.
     env: { PYTHONDONTWRITEBYTECODE: '1' },
-    // The bench runs as root in private temp dirs, as the rest of the bench's apps do.
-    allowRoot: true,
+    // As an app should run: as a user of its own, not root (nobody, here).
+    user: GUNICORN_USER,
   });
   return underAgent(dir, app, g1!, g2!);
 }
