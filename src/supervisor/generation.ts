@@ -95,10 +95,17 @@ export async function checkReleaseDir(dir: string): Promise<void> {
     );
 }
 
-let ownGroup: Promise<number | undefined> | undefined;
+/**
+ * This agent's generations that have not exited, every app's: a process in one's groups is that
+ * one's, never another's stray (a stray keeps its session, and a group cannot be joined across
+ * sessions), so a stray search need not read its environment.
+ */
+const running = new Set<Generation>();
+
+let ownGroup: number | undefined;
 /** The agent's own process group, which no signal to an app may reach. */
-function agentGroup(): Promise<number | undefined> {
-  ownGroup ??= processLinks(process.pid).then((links) => links?.pgid);
+function agentGroup(): number | undefined {
+  ownGroup ??= processLinks(process.pid)?.pgid;
   return ownGroup;
 }
 
@@ -141,10 +148,12 @@ export class Generation {
   ) {
     this.exited = new Promise<Exit>((resolve) => (this.settleExit = resolve));
     this.groups.add(record.pid);
+    running.add(this);
     const pid = record.pid;
     void (childExit ?? this.pollExit(pid)).then((exit) => this.mainExited(pid, exit));
     void this.exited.then(async (exit) => {
       this.exitInfo = exit;
+      running.delete(this);
       clearTimeout(this.watchdogTimer);
       clearInterval(this.memoryTimer);
       if (!this.stopping) await this.endLeftovers();
@@ -180,7 +189,7 @@ export class Generation {
    */
   private async strays(): Promise<number[]> {
     if (this.record.notifySocket === undefined) return [];
-    await this.trackMainGroup();
+    this.trackMainGroup();
     // Only processes of the app's user that started with or after the generation (a minute's
     // margin: the boot time is in whole seconds and the wall clock may have been set since):
     // their environment is all that is read.
@@ -190,8 +199,9 @@ export class Generation {
       if (!/^\d+$/.test(entry)) continue;
       const pid = Number(entry);
       // One read decides for nearly every process on the host; the rest are the few new ones.
-      const info = await processInfo(pid);
+      const info = processInfo(pid);
       if (!info || info.zombie || this.groups.has(info.pgid)) continue;
+      if ([...running].some((gen) => gen !== this && gen.groups.has(info.pgid))) continue;
       if ((info.startedAtMs ?? Infinity) < since) continue;
       const owner = await stat(`/proc/${entry}`).catch(() => undefined);
       if (owner?.uid !== this.appUid) continue;
@@ -358,7 +368,7 @@ export class Generation {
     const record: GenerationRecord = {
       number,
       pid,
-      startTime: await processStartTime(pid),
+      startTime: processStartTime(pid),
       releaseId: release.id,
       releaseDir: release.dir,
       startedAt: new Date().toISOString(),
@@ -394,7 +404,7 @@ export class Generation {
     launch: Launch,
   ): Promise<Generation | undefined> {
     if (!isAlive(record.pid)) return undefined;
-    const startTime = await processStartTime(record.pid);
+    const startTime = processStartTime(record.pid);
     if (record.startTime !== undefined && startTime !== record.startTime) return undefined;
     const tail = new LogTail(record.logFile, app.logLines, app.maxLogBytes, (line) =>
       report(reporter, { type: 'log', app: app.name, source: `gen-${record.number}`, line }),
@@ -402,7 +412,7 @@ export class Generation {
     await tail.start(100, false);
     const gen = new Generation(app, record, tail, undefined, undefined, undefined, -1, reporter);
     if (launch.owner) gen.appUid = launch.owner.uid;
-    const links = await processLinks(record.pid);
+    const links = processLinks(record.pid);
     if (links) gen.groups.add(links.pgid);
     gen.ready = true;
     // The app sends to the same path as before: bind it again (the old agent's socket is gone).
@@ -423,7 +433,7 @@ export class Generation {
   }
 
   private async pollExit(pid: number): Promise<Exit> {
-    while (isAlive(pid) && !(await isZombie(pid))) {
+    while (isAlive(pid) && !isZombie(pid)) {
       await delay(100);
       if (this.released) return new Promise<Exit>(() => undefined);
       // Seen empty early, a group is dropped long before its number could be given out again.
@@ -473,10 +483,10 @@ export class Generation {
         this.say(`MAINPID=${pid} ignored: not a process of this generation`);
       return;
     }
-    if (!(await processLinks(pid))) return;
+    if (!processLinks(pid)) return;
     this.record.pid = pid;
-    this.record.startTime = await processStartTime(pid);
-    await this.trackMainGroup();
+    this.record.startTime = processStartTime(pid);
+    this.trackMainGroup();
     this.events.mainChanged(this);
     void this.pollExit(pid).then((exit) => this.mainExited(pid, exit));
   }
@@ -485,16 +495,16 @@ export class Generation {
    * Adds the main process's current process group to those signalled. A forked main process
    * may call setsid() after it was named, so this is looked up again before each signal.
    */
-  private async trackMainGroup(): Promise<void> {
-    const info = await processInfo(this.record.pid);
+  private trackMainGroup(): void {
+    const info = processInfo(this.record.pid);
     if (!info || info.startTicks !== this.record.startTime) return;
     // Never the agent's own group, whatever the app did.
-    if (info.pgid > 1 && info.pgid !== (await agentGroup())) this.groups.add(info.pgid);
+    if (info.pgid > 1 && info.pgid !== agentGroup()) this.groups.add(info.pgid);
   }
 
   /** Signals every process group of the generation, including its main process's current one. */
-  private async signalAll(signal: NodeJS.Signals): Promise<void> {
-    await this.trackMainGroup();
+  private signalAll(signal: NodeJS.Signals): void {
+    this.trackMainGroup();
     this.pruneGroups();
     for (const g of this.groups) signalGroup(g, signal);
   }
@@ -507,7 +517,7 @@ export class Generation {
     signal: NodeJS.Signals,
     strays?: readonly number[],
   ): Promise<readonly number[]> {
-    await this.signalAll(signal);
+    this.signalAll(signal);
     const found = strays ?? (await this.strays());
     await this.signalStrays(found, signal);
     return found;
@@ -519,7 +529,7 @@ export class Generation {
    */
   private async signalStrays(strays: readonly number[], signal: NodeJS.Signals): Promise<void> {
     for (const pid of strays) {
-      const links = await processLinks(pid);
+      const links = processLinks(pid);
       if (!links || this.groups.has(links.pgid) || !(await this.carriesEnvironment(pid))) continue;
       try {
         process.kill(pid, signal);
@@ -532,7 +542,7 @@ export class Generation {
   private async belongs(pid: number): Promise<boolean> {
     for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
       if (p === this.record.pid) return true;
-      const links = await processLinks(p);
+      const links = processLinks(p);
       if (!links) break;
       p = links.ppid;
     }
@@ -572,8 +582,8 @@ export class Generation {
     this.failure = `watchdog: ${reason}`;
     clearTimeout(this.watchdogTimer);
     this.say(`${this.failure}; sending SIGABRT`);
-    void this.signalAll('SIGABRT');
-    const timer = setTimeout(() => void this.signalAll('SIGKILL'), this.app.drain.timeoutMs);
+    this.signalAll('SIGABRT');
+    const timer = setTimeout(() => this.signalAll('SIGKILL'), this.app.drain.timeoutMs);
     timer.unref();
     void this.exited.then(() => clearTimeout(timer));
   }
@@ -591,11 +601,9 @@ export class Generation {
     this.memoryTimer = setInterval(() => {
       if (sampling || quiet() || this.stopping || this.hasExited) return;
       sampling = true;
-      void this.trackMainGroup()
-        .then(() => {
-          this.pruneGroups();
-          return groupsResidentBytes(this.groups);
-        })
+      this.trackMainGroup();
+      this.pruneGroups();
+      void groupsResidentBytes(this.groups)
         .then((bytes) => {
           if (bytes <= limit || quiet() || this.stopping || this.hasExited) return;
           toldAt = Date.now();
