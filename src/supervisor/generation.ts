@@ -21,6 +21,7 @@ import {
   processLinks,
   processInfo,
   processStartTime,
+  scanPause,
   resolveCommand,
   signalGroup,
 } from './process-util.js';
@@ -194,14 +195,17 @@ export class Generation {
     // margin: the boot time is in whole seconds and the wall clock may have been set since):
     // their environment is all that is read.
     const since = Date.parse(this.record.startedAt) - 60_000;
+    const others = new Set<number>();
+    for (const gen of running) if (gen !== this) for (const g of gen.groups) others.add(g);
     const found: number[] = [];
-    for (const entry of await readdir('/proc').catch(() => [] as string[])) {
+    const entries = await readdir('/proc').catch(() => [] as string[]);
+    for (const [i, entry] of entries.entries()) {
       if (!/^\d+$/.test(entry)) continue;
+      await scanPause(i);
       const pid = Number(entry);
       // One read decides for nearly every process on the host; the rest are the few new ones.
       const info = processInfo(pid);
-      if (!info || info.zombie || this.groups.has(info.pgid)) continue;
-      if ([...running].some((gen) => gen !== this && gen.groups.has(info.pgid))) continue;
+      if (!info || info.zombie || this.groups.has(info.pgid) || others.has(info.pgid)) continue;
       if ((info.startedAtMs ?? Infinity) < since) continue;
       const owner = await stat(`/proc/${entry}`).catch(() => undefined);
       if (owner?.uid !== this.appUid) continue;
@@ -582,10 +586,11 @@ export class Generation {
     this.failure = `watchdog: ${reason}`;
     clearTimeout(this.watchdogTimer);
     this.say(`${this.failure}; sending SIGABRT`);
-    this.signalAll('SIGABRT');
+    // The deadline first: nothing that goes wrong with the first signal may leave it unkilled.
     const timer = setTimeout(() => this.signalAll('SIGKILL'), this.app.drain.timeoutMs);
     timer.unref();
     void this.exited.then(() => clearTimeout(timer));
+    this.signalAll('SIGABRT');
   }
 
   /** Samples the resident memory of the generation's processes against `limits.memoryBytes`. */

@@ -1,4 +1,4 @@
-import { closeSync, constants, openSync, readSync } from 'node:fs';
+import { closeSync, constants, openSync, readFileSync, readSync } from 'node:fs';
 import { access, readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { BatonError } from '../errors.js';
@@ -27,6 +27,18 @@ export function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code !== 'ESRCH') throw err;
   }
+}
+
+/** A scan of /proc (synchronous reads, below) lets the event loop run after this many entries. */
+const SCAN_BATCH = 256;
+
+/**
+ * Awaited at each entry `i` of a scan of /proc: now and then it lets the event loop run, so
+ * that a host with thousands of processes does not hold it up (a watchdog ping waiting to be
+ * read) for the whole scan.
+ */
+export async function scanPause(i: number): Promise<void> {
+  if (i % SCAN_BATCH === SCAN_BATCH - 1) await new Promise<void>((r) => setImmediate(r));
 }
 
 /** Holds one /proc/<pid>/stat: its fields are numbers and a 16-byte name, under 1 KiB. */
@@ -65,8 +77,9 @@ export function processLinks(pid: number): { ppid: number; pgid: number } | unde
 export async function groupsResidentBytes(pgids: ReadonlySet<number>): Promise<number> {
   const entries = await readdir('/proc').catch(() => [] as string[]);
   let total = 0;
-  for (const name of entries) {
+  for (const [i, name] of entries.entries()) {
     if (!/^\d+$/.test(name)) continue;
+    await scanPause(i);
     const fields = statFields(Number(name));
     if (!fields || !pgids.has(Number(fields[2]))) continue;
     // VmRSS in kB: unlike stat's rss, it does not depend on the page size.
@@ -91,14 +104,8 @@ let bootTime: number | undefined | null = null;
 function bootTimeMs(): number | undefined {
   if (bootTime === null) {
     try {
-      const fd = openSync('/proc/stat', 'r');
-      let text = '';
-      try {
-        const chunk = Buffer.alloc(64 * 1024);
-        text = chunk.toString('utf8', 0, readSync(fd, chunk, 0, chunk.length, 0));
-      } finally {
-        closeSync(fd);
-      }
+      // Read to its end: btime comes after a line per CPU and the interrupt counts.
+      const text = readFileSync('/proc/stat', 'utf8');
       bootTime = Number(/^btime (\d+)$/m.exec(text)?.[1]) * 1000 || undefined;
     } catch {
       bootTime = undefined;

@@ -5,6 +5,7 @@ import {
   lstat,
   mkdir,
   open,
+  readdir,
   readlink,
   realpath,
   rename,
@@ -139,19 +140,25 @@ export async function prepareShared(
     const existing = await existingParts(root, entry);
     if (existing === entry.parts.length) continue;
     // Directories under the root may be the app's (made for it here), and it may swap a symlink
-    // in at any moment: nothing below the root is reached by a path, only through the directory
-    // opened before it (/proc/self/fd/N/name resolves the last part in that very directory), and
-    // nothing is followed. A symlink raced in makes a call fail; nothing is made outside.
+    // or another directory in at any moment: nothing below the root is reached by a path, only
+    // through the directory opened before it (/proc/self/fd/N/name resolves the last part in
+    // that very directory), nothing is followed, and a directory made is used through the fd
+    // that checked it. So the agent makes and hands over entries only in directories it made or
+    // the app owns (one the app moved out of the root is still its own), never elsewhere.
     let dir = await openDir(entry.p, root, false);
     try {
-      for (let i = 0; i < entry.parts.length; i++) {
-        const last = i === entry.parts.length - 1;
-        const kind = last ? entry.kind : 'dir';
+      for (let i = 0; ; i++) {
+        const kind = i === entry.parts.length - 1 ? entry.kind : 'dir';
         const at = path.join(root, ...entry.parts.slice(0, i + 1));
         const inDir = `/proc/self/fd/${dir.fd}/${entry.parts[i]!}`;
-        if (i >= existing) await createOwned(entry.p, at, inDir, kind, owner);
-        if (last) break;
-        const next = await openDir(entry.p, inDir, true, at);
+        if (i === entry.parts.length - 1) {
+          if (i >= existing) await (await createOwned(entry.p, at, inDir, kind, owner)).close();
+          break;
+        }
+        const next =
+          i >= existing
+            ? await createOwned(entry.p, at, inDir, kind, owner)
+            : await openDir(entry.p, inDir, true, at);
         await dir.close();
         dir = next;
       }
@@ -177,9 +184,11 @@ async function openDir(p: string, at: string, noFollow: boolean, shown = at): Pr
 }
 
 /**
- * Creates one entry at `inDir` (a name inside a directory opened by fd; `at` is how it is shown)
- * and hands it to `owner`, changed only by fd: a symlink raced in at the name makes the creation
- * fail (mkdir and O_EXCL do not follow one) instead of reaching past it.
+ * Creates one entry at `inDir` (a name inside a directory opened by fd; `at` is how it is shown),
+ * hands it to `owner`, changed only by fd, and returns that fd open. A symlink raced in at the
+ * name makes the creation fail (mkdir and O_EXCL do not follow one); a directory swapped in
+ * between mkdir and open (mkdir gives no fd) is refused unless it is the empty one just made,
+ * so nobody else's directory is ever handed to the app.
  */
 async function createOwned(
   p: string,
@@ -187,7 +196,7 @@ async function createOwned(
   inDir: string,
   kind: Kind,
   owner: { uid: number; gid: number } | undefined,
-): Promise<void> {
+): Promise<FileHandle> {
   let handle: FileHandle;
   try {
     if (kind === 'dir') {
@@ -204,10 +213,22 @@ async function createOwned(
     throw invalid(p, `cannot create ${at}: ${errorMessage(err)}`);
   }
   try {
+    if (kind === 'dir') {
+      const st = await handle.stat();
+      // Just made by this process and still empty: its own, with no entry but . and ..
+      if (
+        st.uid !== process.geteuid!() ||
+        st.nlink !== 2 ||
+        (await readdir(`/proc/self/fd/${handle.fd}`)).length > 0
+      )
+        throw invalid(p, `${at} was replaced while being created; prepare again`);
+    }
     await handle.chmod(kind === 'dir' ? DIR_MODE : FILE_MODE);
     if (owner !== undefined) await handle.chown(owner.uid, owner.gid);
-  } finally {
+    return handle;
+  } catch (err) {
     await handle.close();
+    throw err;
   }
 }
 

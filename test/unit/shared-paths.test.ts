@@ -1,7 +1,9 @@
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import type { Stats } from 'node:fs';
 import {
   chmod,
+  chown,
   lstat,
   mkdir,
   readdir,
@@ -113,14 +115,21 @@ describe('prepareShared', () => {
       await assert.rejects(stat(path.join(outside, 'uploads')), { code: 'ENOENT' });
     });
   });
-  it('makes nothing outside while the app swaps a symlink in on the way, over and over', async () => {
+  it('makes nothing outside, and takes nobody else’s directory, while the app swaps things in on the way', async () => {
     await withDirs(async ({ root, dir }) => {
       await chmod(dir, 0o711);
       const outside = path.join(dir, 'outside');
       await mkdir(outside);
-      const shared = { dirs: ['data/sub/x'], files: ['data/sub/y.txt'] };
+      const shared = { dirs: ['data/sub/x', 'data/z'], files: ['data/sub/y.txt'] };
       await prepareShared(root, shared, NOBODY);
-      // The app (nobody) owns data/: it turns data/sub into a symlink out and back, for 2 s.
+      // Another user's directory the app may move about (it owns data/) but must never own.
+      const foreign = path.join(root, 'data', 'foreign');
+      await mkdir(foreign);
+      await chmod(foreign, 0o770);
+      await chown(foreign, DAEMON, DAEMON);
+      const foreignIno = (await stat(foreign)).ino;
+      // The app (nobody) turns data/sub into a symlink out and back, and renames the other
+      // user's directory in where data/z is being made, for 2 s.
       const swapper = spawn(
         'setpriv',
         [
@@ -147,15 +156,46 @@ describe('prepareShared', () => {
       assert.equal(await done, 0, 'the swapper ran to its end');
       assert.ok(attempts > 0);
       assert.deepEqual(await readdir(outside), [], `made outside in ${attempts} attempts`);
+      const found = await findIno(root, foreignIno);
+      assert.ok(found, 'the other user’s directory is still there');
+      assert.equal(found.uid, DAEMON, `still the other user's after ${attempts} attempts`);
+      assert.equal(found.mode & 0o7777, 0o770);
     });
   });
 });
 
-/** Run as the app's user in its data/ directory: sub becomes a symlink out, then a dir again. */
+const DAEMON = 1;
+
+/** The entry under `dir` (not following links) with inode `ino`. */
+async function findIno(dir: string, ino: number): Promise<Stats | undefined> {
+  for (const name of await readdir(dir)) {
+    const st = await lstat(path.join(dir, name));
+    if (st.ino === ino) return st;
+    if (st.isDirectory()) {
+      const deeper = await findIno(path.join(dir, name), ino);
+      if (deeper) return deeper;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Run as the app's user in its data/ directory: sub becomes a symlink out, then a dir again,
+ * and the other user's directory 'foreign' is renamed to z for a moment (a rename may replace
+ * the empty directory just made there), then back.
+ */
 const SWAPPER = `
 import os, shutil, sys, time
 
+def restore():
+    if not os.path.lexists('foreign'):
+        try:
+            os.rename('z', 'foreign')
+        except OSError:
+            pass
+
 def clear():
+    restore()
     try:
         os.unlink('sub')
     except IsADirectoryError:
@@ -175,6 +215,14 @@ while time.monotonic() < end:
         os.mkdir('sub')
     except FileExistsError:
         pass
+    for _ in range(3):
+        try:
+            os.rename('foreign', 'z')
+        except OSError:
+            continue
+        time.sleep(0.0005)
+        restore()
+restore()
 `;
 
 describe('checkShared', () => {
