@@ -66,7 +66,9 @@ describe('lifecycle hooks', () => {
   it('a hook that outlives its timeout is killed and the deploy fails with HOOK_TIMEOUT, old version serving', () =>
     withWebAgent(
       ['v1', 'v2'],
-      { hooks: { beforeRestart: { run: 'echo waiting; sleep 60', timeoutMs: 500 } } },
+      // Long enough for two shells to start and echo on a busy machine (500 ms was not, once,
+      // with two busy loops beside the suite).
+      { hooks: { beforeRestart: { run: 'echo waiting; sleep 60', timeoutMs: 2000 } } },
       async ({ agent, port, dirs }) => {
         const err = await controlError(agent.socket, {
           method: 'deploy',
