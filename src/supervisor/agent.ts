@@ -193,9 +193,21 @@ export class Agent {
       closeAll(opened);
       throw err;
     }
+    // An app that cannot start (its release is gone, its hook fails, its shared area holds
+    // what the app should not have put there) keeps none of the others from running, as systemd
+    // starts each unit on its own: it is reported failed, with its error, until a deploy or an
+    // agent upgrade mends it. Only when no app runs does the start fail.
+    let firstError: unknown;
+    let failed = 0;
     for (const sup of this.apps.values()) {
-      if (!(await sup.adopt())) await sup.start();
+      try {
+        if (!(await sup.adopt())) await sup.start();
+      } catch (err) {
+        firstError ??= err;
+        failed++;
+      }
     }
+    if (failed > 0 && failed === this.apps.size) throw firstError as Error;
   }
 
   private async openListeners(

@@ -5,13 +5,14 @@ import type { AgentConfig } from './config.js';
 import { readEnvFile } from './env-file.js';
 import { notifyUnavailable } from './notify-socket.js';
 import { resolveRunAs } from './privilege.js';
-import { checkShared, sharedRoot } from './shared-paths.js';
+import { sharedRoot } from './shared-paths.js';
 
 /**
  * What the config asks of this host, checked before anything is started or adopted: each app's
  * user and groups exist (and it is not root unless `allowRoot`), its env file reads and parses,
- * its shared paths stay in its shared area, and the systemd notify protocol can be served where
- * asked for. Every problem found is reported at once, each with its fix.
+ * and the systemd notify protocol can be served where asked for. Every problem found is reported
+ * at once, each with its fix. (Shared paths that lead out of the area are refused by the config
+ * schema; what an app put in its own shared area is the app's problem, found when it starts.)
  */
 export async function preflight(config: AgentConfig): Promise<Map<string, AppRuntime>> {
   const runtimes = new Map<string, AppRuntime>();
@@ -36,9 +37,7 @@ export async function preflight(config: AgentConfig): Promise<Map<string, AppRun
     }
     const runAs = await check(() => resolveRunAs(app));
     if (app.envFile !== undefined) await check(() => readEnvFile(app.envFile!));
-    const root = sharedRoot(config.stateDir, app.name);
-    await check(() => checkShared(root, app.shared));
-    runtimes.set(app.name, { runAs, runDir, sharedRoot: root });
+    runtimes.set(app.name, { runAs, runDir, sharedRoot: sharedRoot(config.stateDir, app.name) });
   }
   if (problems.length === 1) throw problems[0]!;
   if (problems.length > 1)

@@ -28,7 +28,7 @@ export async function runAgent(
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<void> {
   const config = await loadAgentConfig(configFile);
-  // Users, env files, shared paths: a config this host cannot run fails here, nothing touched.
+  // Users, env files, the notify package: a config this host cannot run fails here, nothing touched.
   const runtimes = await preflight(config);
   const paths = agentPaths(config.stateDir);
   await mkdir(config.stateDir, { recursive: true, mode: 0o711 });

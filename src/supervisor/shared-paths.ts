@@ -106,16 +106,6 @@ async function checkRoot(root: string): Promise<boolean> {
 }
 
 /**
- * At config load: every configured path, where it exists on disk, is inside `root` with no
- * symlink on the way and of the right kind. Throws SHARED_PATH_INVALID naming the path.
- */
-export async function checkShared(root: string, shared: Shared): Promise<void> {
-  const list = entries(shared);
-  if (!(await checkRoot(root))) return;
-  for (const entry of list) await existingParts(root, entry);
-}
-
-/**
  * Creates what is missing of the shared paths (directories, and empty files), directories on the
  * way included, owned by `owner` when given, directories 0750 and files 0640. What exists is left
  * as it is, contents, owner and mode alike. `root` itself, when missing, is created 0755 and

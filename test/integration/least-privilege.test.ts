@@ -9,6 +9,7 @@ import {
   readlink,
   stat,
   symlink,
+  unlink,
   writeFile,
 } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
@@ -520,17 +521,6 @@ describe('apps run with least privilege', () => {
         message: /apps\.0\.shared\.files\.0: a shared path is relative to the release/,
       },
       {
-        what: 'shared path escaping through a symlink in the shared area',
-        app: { shared: { dirs: ['uploads'] } },
-        prepare: async (dir) => {
-          const shared = path.join(dir, 'state/apps/web/shared');
-          await mkdir(shared, { recursive: true });
-          await symlink('/etc', path.join(shared, 'uploads'));
-        },
-        code: 'SHARED_PATH_INVALID',
-        message: /shared path "uploads": .*uploads is a symlink: shared paths may not lead out/,
-      },
-      {
         what: 'missing env file',
         app: { envFile: './missing.env' },
         code: 'ENV_FILE_UNREADABLE',
@@ -586,8 +576,61 @@ describe('apps run with least privilege', () => {
         }
       }),
     );
-    // Nothing was made through the link the symlink case planted.
-    assert.equal(await exists('/etc/uploads'), false);
+  });
+
+  it('an app whose shared area holds a symlink out is refused at its start with one clear error, keeps no other app from running, and starts with a deploy once mended', async () => {
+    const tmp = await passableTempDir();
+    try {
+      const [r0] = await releases(tmp.dir, 'r0');
+      // What the app's user could have done in its own shared area.
+      const shared = path.join(tmp.dir, 'state/apps/files/shared');
+      await mkdir(shared, { recursive: true });
+      await symlink('/etc', path.join(shared, 'uploads'));
+      const files = probeApp({ name: 'files', release: r0, shared: { dirs: ['uploads'] } });
+      const symlinked =
+        /shared path "uploads": .*uploads is a symlink: shared paths may not lead out/;
+
+      // Alone, it is all there is to run: the agent does not start.
+      const alone = await refusedRun(
+        await writeConfig(tmp.dir, { stateDir: './state', apps: [files] }),
+      );
+      assert.notEqual(alone.code, 0);
+      assert.equal(errorCodeOf(alone.stderr), 'SHARED_PATH_INVALID', alone.stderr);
+      assert.match(alone.stderr, symlinked);
+
+      // Beside another app: that one serves, this one is reported failed.
+      const agent = await startAgent(
+        await writeConfig(tmp.dir, {
+          stateDir: './state',
+          apps: [probeApp({ release: r0 }), files],
+        }),
+      );
+      try {
+        const statusOf = async (name: string) => {
+          const { result } = await control(agent.socket, { method: 'status' });
+          const app = (result as { apps: AppStatus[] }).apps.find((a) => a.name === name)!;
+          return { app, port: listenerPort(result, name) };
+        };
+        const web = await statusOf('web');
+        assert.equal(web.app.state, 'running');
+        assert.equal((await get(web.port, '/whoami')).status, 200);
+        const refused = await statusOf('files');
+        assert.equal(refused.app.state, 'failed');
+        assert.match(refused.app.lastError ?? '', symlinked);
+        assert.equal(await exists('/etc/uploads'), false, 'nothing made through the link');
+
+        await unlink(path.join(shared, 'uploads'));
+        await control(agent.socket, { method: 'deploy', app: 'files', releaseDir: r0! });
+        const mended = await statusOf('files');
+        assert.equal(mended.app.state, 'running');
+        assert.equal((await get(mended.port, '/whoami')).status, 200);
+        assert.equal((await lstat(path.join(shared, 'uploads'))).uid, NOBODY);
+      } finally {
+        await agent.stop();
+      }
+    } finally {
+      await tmp.cleanup();
+    }
   });
 
   it('a bad env file or config leaves the running generation untouched: the deploy and the agent upgrade fail, the old ones serve on', async () => {

@@ -17,12 +17,7 @@ import {
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { BatonError } from '../../src/errors.js';
-import {
-  checkShared,
-  linkShared,
-  prepareShared,
-  sharedRoot,
-} from '../../src/supervisor/shared-paths.js';
+import { linkShared, prepareShared, sharedRoot } from '../../src/supervisor/shared-paths.js';
 import { tempDir } from '../support/harness.js';
 
 const NOBODY = { uid: 65534, gid: 65534 };
@@ -225,13 +220,12 @@ while time.monotonic() < end:
 restore()
 `;
 
-describe('checkShared', () => {
-  it('accepts paths that do not exist yet, or exist as what they should be', async () => {
+describe('prepareShared refuses what is on disk in the way', () => {
+  it('accepts paths that exist as what they should be', async () => {
     await withDirs(async ({ root }) => {
       const shared = { dirs: ['storage/uploads'], files: ['app.env'] };
-      await checkShared(root, shared);
       await prepareShared(root, shared, NOBODY);
-      await checkShared(root, shared);
+      await prepareShared(root, shared, NOBODY);
     });
   });
 
@@ -239,9 +233,12 @@ describe('checkShared', () => {
     await withDirs(async ({ root }) => {
       await mkdir(root, { recursive: true });
       await symlink('/etc', path.join(root, 'uploads'));
-      await assert.rejects(checkShared(root, { dirs: ['uploads'], files: [] }), invalid('uploads'));
       await assert.rejects(
-        checkShared(root, { dirs: [], files: ['uploads/passwd'] }),
+        prepareShared(root, { dirs: ['uploads'], files: [] }, NOBODY),
+        invalid('uploads', 'is a symlink: shared paths may not lead out'),
+      );
+      await assert.rejects(
+        prepareShared(root, { dirs: [], files: ['uploads/passwd'] }, NOBODY),
         invalid('uploads/passwd'),
       );
     });
@@ -251,12 +248,15 @@ describe('checkShared', () => {
     await withDirs(async ({ root }) => {
       await mkdir(path.join(root, 'cache'), { recursive: true });
       await writeFile(path.join(root, 'uploads'), '');
-      await assert.rejects(checkShared(root, { dirs: ['uploads'], files: [] }), invalid('uploads'));
-      await assert.rejects(
-        checkShared(root, { dirs: ['uploads/x'], files: [] }),
-        invalid('uploads/x'),
-      );
-      await assert.rejects(checkShared(root, { dirs: [], files: ['cache'] }), invalid('cache'));
+      for (const [shared, name] of [
+        [{ dirs: ['uploads'], files: [] }, 'uploads'],
+        [{ dirs: ['uploads/x'], files: [] }, 'uploads/x'],
+        [{ dirs: [], files: ['cache'] }, 'cache'],
+      ] as const)
+        await assert.rejects(
+          prepareShared(root, { dirs: [...shared.dirs], files: [...shared.files] }, NOBODY),
+          invalid(name),
+        );
     });
   });
 });
