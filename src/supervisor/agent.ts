@@ -195,19 +195,24 @@ export class Agent {
     }
     // An app that cannot start (its release is gone, its hook fails, its shared area holds
     // what the app should not have put there) keeps none of the others from running, as systemd
-    // starts each unit on its own: it is reported failed, with its error, until a deploy or an
-    // agent upgrade mends it. Only when no app runs does the start fail.
+    // starts each unit on its own: it is reported failed, with its error, and started again with
+    // backoff (or by a deploy). Only when no app runs does the start fail. Not in an upgrade:
+    // there, any app not taken over fails the new agent, and the old one carries on with all.
+    const upgrade = Number(this.env.BATON_PREDECESSOR_PID) > 0;
     let firstError: unknown;
-    let failed = 0;
+    const failed: AppSupervisor[] = [];
     for (const sup of this.apps.values()) {
+      if (await sup.adopt()) continue;
       try {
-        if (!(await sup.adopt())) await sup.start();
+        await sup.start();
       } catch (err) {
+        if (upgrade) throw err;
         firstError ??= err;
-        failed++;
+        failed.push(sup);
       }
     }
-    if (failed > 0 && failed === this.apps.size) throw firstError as Error;
+    if (failed.length === this.apps.size) throw firstError as Error;
+    for (const sup of failed) sup.retryStart();
   }
 
   private async openListeners(
@@ -354,10 +359,19 @@ export class Agent {
     }
   }
 
+  /** Reloads one app, or each in turn; one that fails (reported) keeps the rest from none. */
   async reload(app?: string): Promise<DeployResult[]> {
     const targets = app !== undefined ? [this.supervisor(app)] : [...this.apps.values()];
     const results: DeployResult[] = [];
-    for (const sup of targets) results.push(await sup.reload());
+    let firstError: unknown;
+    for (const sup of targets) {
+      try {
+        results.push(await sup.reload());
+      } catch (err) {
+        firstError ??= err;
+      }
+    }
+    if (firstError !== undefined) throw firstError as Error;
     return results;
   }
 

@@ -245,11 +245,21 @@ export class AppSupervisor {
   /** Starts the first generation from the state's current release or the configured one. */
   async start(): Promise<void> {
     const release = this.appState.current ?? this.configuredRelease();
-    if (!release)
-      throw new BatonError(
+    if (!release) {
+      const err = new BatonError(
         'NO_RELEASE',
         `app ${this.app.name} has no release yet: set "release" in its config or deploy one`,
       );
+      this.lastError = err.message;
+      report(this.reporter, {
+        type: 'phase',
+        app: this.app.name,
+        phase: 'failed',
+        code: err.code,
+        detail: err.message,
+      });
+      throw err;
+    }
     this.deploying = 'initial start';
     try {
       await checkReleaseDir(release.dir);
@@ -263,6 +273,34 @@ export class AppSupervisor {
     } finally {
       this.deploying = undefined;
     }
+  }
+
+  /**
+   * After a start that failed (the agent's other apps run on): starts again with the crash
+   * backoff, hooks and all, until a generation serves (a deploy may bring one first), the app
+   * is stopped or handed to another agent, or there is no release to start.
+   */
+  retryStart(): void {
+    this.inflight = (async () => {
+      const serving = () => this.current !== undefined && !this.current.hasExited;
+      while (!this.stopped && this.supervising && !serving()) {
+        const release = this.appState.current ?? this.configuredRelease();
+        if (!release) return;
+        const wait = this.backoffMs;
+        this.backoffMs = Math.min(Math.max(wait * 2, 1), this.app.restart.maxBackoffMs);
+        report(this.reporter, {
+          type: 'phase',
+          app: this.app.name,
+          phase: 'restarting',
+          releaseId: release.id,
+          detail: `start again in ${wait} ms`,
+        });
+        await this.sleep(wait);
+        if (this.stopped || !this.supervising || serving() || this.deploying) continue;
+        // Reported by start(), which records the error for status.
+        await this.start().catch(() => undefined);
+      }
+    })();
   }
 
   private configuredRelease(): Release | undefined {
@@ -381,6 +419,7 @@ export class AppSupervisor {
   /** Stops reacting to generation exits, leaving them running (for an agent upgrade). */
   detach(): void {
     this.supervising = false;
+    this.wake?.();
   }
 
   /** Leaves the app to a successor agent: its generation runs on, this process lets go of it. */

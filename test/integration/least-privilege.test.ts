@@ -578,27 +578,33 @@ describe('apps run with least privilege', () => {
     );
   });
 
-  it('an app whose shared area holds a symlink out is refused at its start with one clear error, keeps no other app from running, and starts with a deploy once mended', async () => {
+  it('an app whose shared area holds a symlink out is refused at its start with one clear error, keeps no other app from running, and starts again by itself once mended', async () => {
     const tmp = await passableTempDir();
     try {
-      const [r0] = await releases(tmp.dir, 'r0');
+      const [r0, f0, f1] = await releases(tmp.dir, 'r0', 'f0', 'f1');
       // What the app's user could have done in its own shared area.
       const shared = path.join(tmp.dir, 'state/apps/files/shared');
       await mkdir(shared, { recursive: true });
       await symlink('/etc', path.join(shared, 'uploads'));
-      const files = probeApp({ name: 'files', release: r0, shared: { dirs: ['uploads'] } });
+      const files = probeApp({
+        name: 'files',
+        release: f0,
+        shared: { dirs: ['uploads'] },
+        restart: { initialBackoffMs: 100, maxBackoffMs: 400 },
+      });
       const symlinked =
         /shared path "uploads": .*uploads is a symlink: shared paths may not lead out/;
 
       // Alone, it is all there is to run: the agent does not start.
-      const alone = await refusedRun(
-        await writeConfig(tmp.dir, { stateDir: './state', apps: [files] }),
+      const alone = await withDeadline(
+        refusedRun(await writeConfig(tmp.dir, { stateDir: './state', apps: [files] })),
+        'the agent to refuse its only app',
       );
       assert.notEqual(alone.code, 0);
       assert.equal(errorCodeOf(alone.stderr), 'SHARED_PATH_INVALID', alone.stderr);
       assert.match(alone.stderr, symlinked);
 
-      // Beside another app: that one serves, this one is reported failed.
+      // Beside another app: that one serves, this one is reported failed and tried again.
       const agent = await startAgent(
         await writeConfig(tmp.dir, {
           stateDir: './state',
@@ -617,14 +623,27 @@ describe('apps run with least privilege', () => {
         const refused = await statusOf('files');
         assert.equal(refused.app.state, 'failed');
         assert.match(refused.app.lastError ?? '', symlinked);
+        await agent.waitFor(
+          (r) => r.phase === 'restarting' && r.app === 'files',
+          'files to be started again',
+        );
         assert.equal(await exists('/etc/uploads'), false, 'nothing made through the link');
 
+        // Mended: the next try starts it, shared path and all.
         await unlink(path.join(shared, 'uploads'));
-        await control(agent.socket, { method: 'deploy', app: 'files', releaseDir: r0! });
+        await until(async () => (await statusOf('files')).app.state === 'running', 'files runs');
         const mended = await statusOf('files');
-        assert.equal(mended.app.state, 'running');
         assert.equal((await get(mended.port, '/whoami')).status, 200);
         assert.equal((await lstat(path.join(shared, 'uploads'))).uid, NOBODY);
+        assert.equal(await readlink(path.join(f0!, 'uploads')), path.join(shared, 'uploads'));
+        // And it deploys like any other app.
+        const { result } = await control(agent.socket, {
+          method: 'deploy',
+          app: 'files',
+          releaseDir: f1!,
+        });
+        assert.equal((result as { releaseId: string }).releaseId, 'f1');
+        assert.equal((await get(web.port, '/whoami')).status, 200, 'web served throughout');
       } finally {
         await agent.stop();
       }
