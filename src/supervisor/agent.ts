@@ -196,9 +196,9 @@ export class Agent {
     // An app that cannot start (its release is gone, its hook fails, its shared area holds
     // what the app should not have put there) keeps none of the others from running, as systemd
     // starts each unit on its own: it is reported failed, with its error, and started again with
-    // backoff (or by a deploy). Only when no app runs does the start fail. Not in an upgrade:
-    // there, any app not taken over fails the new agent, and the old one carries on with all.
-    const upgrade = Number(this.env.BATON_PREDECESSOR_PID) > 0;
+    // backoff (or by a deploy). Only when no app runs does the start fail. The same in an
+    // upgrade (an app that failed under the old agent has no generation to lose), but a
+    // generation that cannot be taken over fails it: the old agent then carries on with all.
     let firstError: unknown;
     const failed: AppSupervisor[] = [];
     for (const sup of this.apps.values()) {
@@ -206,7 +206,6 @@ export class Agent {
       try {
         await sup.start();
       } catch (err) {
-        if (upgrade) throw err;
         firstError ??= err;
         failed.push(sup);
       }

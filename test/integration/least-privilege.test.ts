@@ -578,7 +578,7 @@ describe('apps run with least privilege', () => {
     );
   });
 
-  it('an app whose shared area holds a symlink out is refused at its start with one clear error, keeps no other app from running, and starts again by itself once mended', async () => {
+  it('an app whose shared area holds a symlink out is refused at its start with one clear error, keeps no other app from running nor an agent upgrade, and starts again by itself once mended', async () => {
     const tmp = await passableTempDir();
     try {
       const [r0, f0, f1] = await releases(tmp.dir, 'r0', 'f0', 'f1');
@@ -605,6 +605,7 @@ describe('apps run with least privilege', () => {
       assert.match(alone.stderr, symlinked);
 
       // Beside another app: that one serves, this one is reported failed and tried again.
+      let successor: number | undefined;
       const agent = await startAgent(
         await writeConfig(tmp.dir, {
           stateDir: './state',
@@ -629,6 +630,18 @@ describe('apps run with least privilege', () => {
         );
         assert.equal(await exists('/etc/uploads'), false, 'nothing made through the link');
 
+        // An agent upgrade goes through: the new agent adopts web and tries files itself.
+        const { result: upgraded } = await control(agent.socket, { method: 'upgrade' });
+        successor = (upgraded as { pid: number }).pid;
+        assert.equal(await withDeadline(agent.exited, 'the old agent to exit'), 0);
+        const adopted = await statusOf('web');
+        assert.equal(
+          adopted.app.generation?.pid,
+          web.app.generation?.pid,
+          'adopted, not restarted',
+        );
+        assert.equal((await statusOf('files')).app.state, 'failed');
+
         // Mended: the next try starts it, shared path and all.
         await unlink(path.join(shared, 'uploads'));
         await until(async () => (await statusOf('files')).app.state === 'running', 'files runs');
@@ -645,7 +658,11 @@ describe('apps run with least privilege', () => {
         assert.equal((result as { releaseId: string }).releaseId, 'f1');
         assert.equal((await get(web.port, '/whoami')).status, 200, 'web served throughout');
       } finally {
-        await agent.stop();
+        if (successor === undefined) await agent.stop();
+        else {
+          process.kill(successor, 'SIGTERM');
+          await until(() => !isAlive(successor!), 'the new agent to stop');
+        }
       }
     } finally {
       await tmp.cleanup();
