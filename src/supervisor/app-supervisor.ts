@@ -286,21 +286,26 @@ export class AppSupervisor {
       while (!this.stopped && this.supervising && !serving()) {
         const release = this.appState.current ?? this.configuredRelease();
         if (!release) return;
-        const wait = this.backoffMs;
-        this.backoffMs = Math.min(Math.max(wait * 2, 1), this.app.restart.maxBackoffMs);
-        report(this.reporter, {
-          type: 'phase',
-          app: this.app.name,
-          phase: 'restarting',
-          releaseId: release.id,
-          detail: `start again in ${wait} ms`,
-        });
-        await this.sleep(wait);
+        await this.sleep(this.backOff(release, 'start again in'));
         if (this.stopped || !this.supervising || serving() || this.deploying) continue;
         // Reported by start(), which records the error for status.
         await this.start().catch(() => undefined);
       }
     })();
+  }
+
+  /** The wait before the next try (doubling the one after it, up to the maximum), reported. */
+  private backOff(release: Release, when: string): number {
+    const wait = this.backoffMs;
+    this.backoffMs = Math.min(Math.max(wait * 2, 1), this.app.restart.maxBackoffMs);
+    report(this.reporter, {
+      type: 'phase',
+      app: this.app.name,
+      phase: 'restarting',
+      releaseId: release.id,
+      detail: `${when} ${wait} ms`,
+    });
+    return wait;
   }
 
   private configuredRelease(): Release | undefined {
@@ -638,15 +643,7 @@ export class AppSupervisor {
         }
         const release = this.appState.current ?? this.configuredRelease();
         if (!release) return;
-        const wait = this.backoffMs;
-        this.backoffMs = Math.min(Math.max(wait * 2, 1), this.app.restart.maxBackoffMs);
-        report(this.reporter, {
-          type: 'phase',
-          app: this.app.name,
-          phase: 'restarting',
-          releaseId: release.id,
-          detail: `in ${wait} ms`,
-        });
+        const wait = this.backOff(release, 'in');
         this.restartWaiting = true;
         await this.sleep(wait);
         this.restartWaiting = false;
