@@ -17,10 +17,7 @@ import {
   delay,
   groupsResidentBytes,
   isAlive,
-  isZombie,
-  processLinks,
   processInfo,
-  processStartTime,
   scanPause,
   resolveCommand,
   signalGroup,
@@ -106,7 +103,7 @@ const running = new Set<Generation>();
 let ownGroup: number | undefined;
 /** The agent's own process group, which no signal to an app may reach. */
 function agentGroup(): number | undefined {
-  ownGroup ??= processLinks(process.pid)?.pgid;
+  ownGroup ??= processInfo(process.pid)?.pgid;
   return ownGroup;
 }
 
@@ -372,7 +369,7 @@ export class Generation {
     const record: GenerationRecord = {
       number,
       pid,
-      startTime: processStartTime(pid),
+      startTime: processInfo(pid)?.startTicks,
       releaseId: release.id,
       releaseDir: release.dir,
       startedAt: new Date().toISOString(),
@@ -408,16 +405,15 @@ export class Generation {
     launch: Launch,
   ): Promise<Generation | undefined> {
     if (!isAlive(record.pid)) return undefined;
-    const startTime = processStartTime(record.pid);
-    if (record.startTime !== undefined && startTime !== record.startTime) return undefined;
+    const info = processInfo(record.pid);
+    if (record.startTime !== undefined && info?.startTicks !== record.startTime) return undefined;
     const tail = new LogTail(record.logFile, app.logLines, app.maxLogBytes, (line) =>
       report(reporter, { type: 'log', app: app.name, source: `gen-${record.number}`, line }),
     );
     await tail.start(100, false);
     const gen = new Generation(app, record, tail, undefined, undefined, undefined, -1, reporter);
     if (launch.owner) gen.appUid = launch.owner.uid;
-    const links = processLinks(record.pid);
-    if (links) gen.groups.add(links.pgid);
+    if (info) gen.groups.add(info.pgid);
     gen.ready = true;
     // The app sends to the same path as before: bind it again (the old agent's socket is gone).
     if (app.readiness.type === 'systemd' && record.notifySocket) {
@@ -437,7 +433,7 @@ export class Generation {
   }
 
   private async pollExit(pid: number): Promise<Exit> {
-    while (isAlive(pid) && !isZombie(pid)) {
+    while (isAlive(pid) && !processInfo(pid)?.zombie) {
       await delay(100);
       if (this.released) return new Promise<Exit>(() => undefined);
       // Seen empty early, a group is dropped long before its number could be given out again.
@@ -487,9 +483,10 @@ export class Generation {
         this.say(`MAINPID=${pid} ignored: not a process of this generation`);
       return;
     }
-    if (!processLinks(pid)) return;
+    const info = processInfo(pid);
+    if (!info) return;
     this.record.pid = pid;
-    this.record.startTime = processStartTime(pid);
+    this.record.startTime = info.startTicks;
     this.trackMainGroup();
     this.events.mainChanged(this);
     void this.pollExit(pid).then((exit) => this.mainExited(pid, exit));
@@ -533,8 +530,8 @@ export class Generation {
    */
   private async signalStrays(strays: readonly number[], signal: NodeJS.Signals): Promise<void> {
     for (const pid of strays) {
-      const links = processLinks(pid);
-      if (!links || this.groups.has(links.pgid) || !(await this.carriesEnvironment(pid))) continue;
+      const info = processInfo(pid);
+      if (!info || this.groups.has(info.pgid) || !(await this.carriesEnvironment(pid))) continue;
       try {
         process.kill(pid, signal);
       } catch {
@@ -546,9 +543,9 @@ export class Generation {
   private async belongs(pid: number): Promise<boolean> {
     for (let p = pid, hops = 0; p > 1 && hops < 64; hops++) {
       if (p === this.record.pid) return true;
-      const links = processLinks(p);
-      if (!links) break;
-      p = links.ppid;
+      const info = processInfo(p);
+      if (!info) break;
+      p = info.ppid;
     }
     // Its parent may have exited already (a daemon's double fork): its environment tells.
     return this.carriesEnvironment(pid);

@@ -12,14 +12,6 @@ export function isAlive(pid: number): boolean {
   }
 }
 
-/**
- * A process that has exited but was not reaped (its new parent, after the agent that started it
- * died, may never reap it) still answers kill(pid, 0): it is gone all the same.
- */
-export function isZombie(pid: number): boolean {
-  return statFields(pid)?.[0] === 'Z';
-}
-
 /** Signals a whole process group; a group already gone is not an error. */
 export function signalGroup(pgid: number, signal: NodeJS.Signals): void {
   try {
@@ -66,13 +58,6 @@ function statFields(pid: number): string[] | undefined {
   return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
 }
 
-/** The parent and the process group of a process; undefined once it is gone. */
-export function processLinks(pid: number): { ppid: number; pgid: number } | undefined {
-  const fields = statFields(pid);
-  if (!fields) return undefined;
-  return { ppid: Number(fields[1]), pgid: Number(fields[2]) };
-}
-
 /** Resident memory, in bytes, of every process in the given process groups. */
 export async function groupsResidentBytes(pgids: ReadonlySet<number>): Promise<number> {
   const entries = await readdir('/proc').catch(() => [] as string[]);
@@ -87,15 +72,6 @@ export async function groupsResidentBytes(pgids: ReadonlySet<number>): Promise<n
     total += Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? 0) * 1024;
   }
   return total;
-}
-
-/**
- * The kernel's start time of a process (clock ticks since boot), to tell a pid we recorded from
- * an unrelated process that reused it. Undefined where /proc is not there.
- */
-export function processStartTime(pid: number): number | undefined {
-  const value = Number(statFields(pid)?.[19]);
-  return Number.isFinite(value) ? value : undefined;
 }
 
 let bootTime: number | undefined | null = null;
@@ -115,13 +91,16 @@ function bootTimeMs(): number | undefined {
 }
 
 /**
- * One read of /proc/<pid>/stat: its process group, whether it is a zombie, and when it started:
- * as processStartTime gives it, and in ms since the epoch to within a second or so (its start
- * ticks, USER_HZ being 100 a second on Linux, after the boot time in /proc/stat). Undefined once
- * it is gone.
+ * One read of /proc/<pid>/stat: its parent, its process group, whether it is a zombie (exited
+ * but not reaped: its new parent, after the agent that started it died, may never reap it, and
+ * it still answers kill(pid, 0)), and when it started: in clock ticks since boot, to tell a pid
+ * we recorded from an unrelated process that reused it, and in ms since the epoch to within a
+ * second or so (USER_HZ being 100 a second on Linux, after the boot time in /proc/stat).
+ * Undefined once it is gone, or where /proc is not there.
  */
 export function processInfo(pid: number):
   | {
+      ppid: number;
       pgid: number;
       zombie: boolean;
       startTicks: number | undefined;
@@ -134,6 +113,7 @@ export function processInfo(pid: number):
   const ticks = Number(fields[19]);
   const startTicks = Number.isFinite(ticks) ? ticks : undefined;
   return {
+    ppid: Number(fields[1]),
     pgid: Number(fields[2]),
     zombie: fields[0] === 'Z',
     startTicks,
