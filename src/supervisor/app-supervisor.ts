@@ -136,6 +136,7 @@ export class AppSupervisor {
       env: { ...fileEnv, ...accountEnv(runAs) },
       owner: runAs && { uid: runAs.uid, gid: runAs.gid },
       runDir,
+      masker: () => this.masker,
     };
   }
 
@@ -225,6 +226,7 @@ export class AppSupervisor {
       env: {},
       owner: this.runtime.runAs && { uid: this.runtime.runAs.uid, gid: this.runtime.runAs.gid },
       runDir: this.runtime.runDir,
+      masker: () => this.masker,
     });
     if (!gen) return false;
     this.listen(gen);

@@ -201,6 +201,12 @@ export const AppSchema = z
      * quotes) read at every start of a generation or hook, so secrets stay on the host.
      */
     envFile: z.string().min(1).optional(),
+    /**
+     * Variables of the agent's own environment passed on to the app and its hooks (systemd's
+     * `PassEnvironment=`). Nothing else of it is: apps start from PATH, the locale (LANG, LC_*)
+     * and TZ, plus `env`, `envFile` and the baton variables.
+     */
+    passEnv: z.array(z.string().regex(ENV_NAME, 'an environment variable name')).default([]),
     /** Keys (from `env` or `envFile`) whose values are masked in every event, log line and error. */
     secretEnv: z.array(z.string().regex(ENV_NAME, 'an environment variable name')).default([]),
     /** The user the app and its hooks run as (a name or uid). Required when the agent runs as root, unless `allowRoot`. */

@@ -223,6 +223,31 @@ export class SecretMasker {
     return this.secrets.length > 0;
   }
 
+  /** The length of the longest form of any secret (0 when there is none). */
+  get longest(): number {
+    return this.secrets[0]?.length ?? 0;
+  }
+
+  /**
+   * The last position at or before `at` that falls inside no occurrence of a secret in `text`,
+   * so that text cut there and masked in two parts shows no piece of a secret.
+   */
+  safeCut(text: string, at: number): number {
+    let cut = at;
+    for (let moved = true; moved && cut > 0;) {
+      moved = false;
+      for (const secret of this.secrets) {
+        // The first occurrence starting after cut - length ends past cut: it straddles the cut.
+        const found = text.indexOf(secret, Math.max(0, cut - secret.length + 1));
+        if (found >= 0 && found < cut) {
+          cut = found;
+          moved = true;
+        }
+      }
+    }
+    return cut;
+  }
+
   /**
    * Every occurrence of every secret becomes `***`. Overlapping occurrences (of one secret or of
    * two) are masked as one run, so no part of either shows.

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { openSync, closeSync } from 'node:fs';
+import { closeSync, constants, openSync } from 'node:fs';
 import { readdir, readFile, stat } from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
@@ -8,7 +8,7 @@ import { BatonError, errorMessage } from '../errors.js';
 import { report, type Reporter } from '../protocol/events.js';
 import { MAX_TIMER_MS, type AppConfig, type ReadinessConfig } from './config.js';
 import type { Listener } from './listeners.js';
-import { LogTail } from './log-tail.js';
+import { LogTail, type LineMasker } from './log-tail.js';
 import type { GenerationRecord } from './state.js';
 import { NotifySocket, type NotifyMessage } from './notify-socket.js';
 import { launchEnvironment } from './privilege.js';
@@ -50,7 +50,11 @@ export interface Launch {
   owner: { uid: number; gid: number } | undefined;
   /** Where per-generation notify sockets go. */
   runDir: string;
+  /** Masks the app's secrets in its output; asked at every line, as secrets are learnt. */
+  masker?: () => LineMasker;
 }
+
+const LOG_FLAGS = constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_APPEND;
 
 /** What a generation may ask of its supervisor, beyond exiting. */
 export interface GenerationEvents {
@@ -282,7 +286,7 @@ export class Generation {
   }): Promise<Generation> {
     const { app, number, release, listeners, reporter, launch } = opts;
     await checkReleaseDir(release.dir);
-    const base = childBaseEnv();
+    const base = childBaseEnv(app.passEnv);
     const appEnv = { ...app.env, ...launch.env };
     const executable = await resolveCommand(app.command[0]!, release.dir, appEnv.PATH ?? base.PATH);
     const env: Record<string, string> = {
@@ -311,10 +315,12 @@ export class Generation {
     if (notify) env.NOTIFY_SOCKET = notify.path;
 
     const logFile = path.join(opts.logDir, `${app.name}.gen-${number}.log`);
-    // 'w': a number reused after a lost state file must not replay another process's lines.
+    // Truncated: a number reused after a lost state file must not replay another process's
+    // lines. Append: when the tail cuts the file back, the app writes on at the new end instead
+    // of at its old offset (which would leave a hole of NUL bytes as large as the file was).
     let out: number;
     try {
-      out = openSync(logFile, 'w', 0o640);
+      out = openSync(logFile, LOG_FLAGS, 0o640);
     } catch (err) {
       await notify?.close();
       throw err;
@@ -362,8 +368,12 @@ export class Generation {
     }
     const pid = child.pid!;
     const source = `gen-${number}`;
-    const tail = new LogTail(logFile, app.logLines, app.maxLogBytes, (line) =>
-      report(reporter, { type: 'log', app: app.name, source, line }),
+    const tail = new LogTail(
+      logFile,
+      app.logLines,
+      app.maxLogBytes,
+      (line) => report(reporter, { type: 'log', app: app.name, source, line }),
+      launch.masker,
     );
     await tail.start();
     const record: GenerationRecord = {
@@ -407,8 +417,13 @@ export class Generation {
     if (!isAlive(record.pid)) return undefined;
     const info = processInfo(record.pid);
     if (record.startTime !== undefined && info?.startTicks !== record.startTime) return undefined;
-    const tail = new LogTail(record.logFile, app.logLines, app.maxLogBytes, (line) =>
-      report(reporter, { type: 'log', app: app.name, source: `gen-${record.number}`, line }),
+    const tail = new LogTail(
+      record.logFile,
+      app.logLines,
+      app.maxLogBytes,
+      (line) =>
+        report(reporter, { type: 'log', app: app.name, source: `gen-${record.number}`, line }),
+      launch.masker,
     );
     await tail.start(100, false);
     const gen = new Generation(app, record, tail, undefined, undefined, undefined, -1, reporter);

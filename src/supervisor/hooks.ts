@@ -48,7 +48,7 @@ export async function runHook(
   const launch = ctx.launch ?? { setup: '', exec: 'exec', switchesUser: false };
   const env = launchEnvironment(
     launch,
-    childBaseEnv(),
+    childBaseEnv(app.passEnv),
     { ...app.env, ...ctx.launch?.env },
     agentSet,
   );

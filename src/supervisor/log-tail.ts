@@ -2,12 +2,27 @@ import { open, type FileHandle } from 'node:fs/promises';
 
 const MAX_LINE = 8 * 1024;
 const CHUNK = 64 * 1024;
+// The hole an app writing without O_APPEND leaves when the file is cut back under it.
+const NUL_RUN = /\0+/g;
+
+/** What the tail masks with: a line is masked before it is clipped or cut, never after. */
+export interface LineMasker {
+  mask(text: string): string;
+  /** The length of the longest secret: a cut line keeps that much back for the next read. */
+  readonly longest: number;
+  /** The last position at or before `at` that falls inside no secret of `text`. */
+  safeCut(text: string, at: number): number;
+}
+
+const NO_MASK: LineMasker = { mask: (text) => text, longest: 0, safeCut: (_text, at) => at };
 
 /**
  * Follows a generation's output file. Apps write to files, not pipes, so that they outlive the
  * agent: a pipe whose reader died would kill a Node app with EPIPE on its next log line.
- * Keeps the last `keep` lines, hands each new line to `onLine`, and cuts the file back to zero
- * once it passes `maxBytes` (the app holds it with O_APPEND, so it just writes on at the start).
+ * Keeps the last `keep` lines, hands each new line to `onLine` (masked, then clipped), and cuts
+ * the file back to zero once it passes `maxBytes`. The app must hold the file with O_APPEND so
+ * that it writes on at the new end; one that does not (a generation started by an older agent)
+ * leaves a hole of NUL bytes up to its old offset, which is skipped, never emitted.
  */
 export class LogTail {
   private offset = 0;
@@ -22,6 +37,8 @@ export class LogTail {
     private readonly keep: number,
     private readonly maxBytes: number,
     private readonly onLine: (line: string) => void,
+    /** Read at every line: the secrets known grow while the agent runs. */
+    private readonly masker: () => LineMasker = () => NO_MASK,
   ) {}
 
   /** Starts following from the current end of the file (`fromStart` to read what is there). */
@@ -39,7 +56,9 @@ export class LogTail {
   }
 
   lines(): string[] {
-    return this.partial ? [...this.kept, this.partial] : [...this.kept];
+    return this.partial
+      ? [...this.kept, this.clip(this.masker().mask(this.partial))]
+      : [...this.kept];
   }
 
   async stop(): Promise<void> {
@@ -71,19 +90,35 @@ export class LogTail {
   }
 
   private take(text: string): void {
-    const parts = (this.partial + text).split('\n');
+    const parts = (this.partial + text.replace(NUL_RUN, '')).split('\n');
     this.partial = parts.pop() ?? '';
     for (const line of parts) this.emit(line);
-    if (this.partial.length > MAX_LINE) {
-      this.emit(this.partial);
-      this.partial = '';
-    }
+    if (this.partial.length > MAX_LINE) this.flushPartial();
+  }
+
+  /**
+   * Emits most of a line too long to wait for. What may be the start of a secret that the next
+   * read completes stays behind, and the cut never falls inside a secret, so that no piece of
+   * one is emitted unmasked.
+   */
+  private flushPartial(): void {
+    const masker = this.masker();
+    const text = this.partial;
+    let cut = masker.safeCut(text, text.length - Math.max(0, masker.longest - 1));
+    // Secrets back to back from the start: all of them are whole in `text` and masked as a run.
+    if (cut <= 0) cut = text.length;
+    this.partial = text.slice(cut);
+    this.emit(text.slice(0, cut));
   }
 
   private emit(line: string): void {
-    const clipped = line.length > MAX_LINE ? `${line.slice(0, MAX_LINE)}…` : line;
+    const clipped = this.clip(this.masker().mask(line));
     this.kept.push(clipped);
     if (this.kept.length > this.keep) this.kept.shift();
     this.onLine(clipped);
+  }
+
+  private clip(line: string): string {
+    return line.length > MAX_LINE ? `${line.slice(0, MAX_LINE)}…` : line;
   }
 }

@@ -154,21 +154,22 @@ export function delay(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-// Environment that belongs to the agent's own activation, never to be passed on to apps or hooks.
-const AGENT_ONLY_ENV = [
-  'LISTEN_FDS',
-  'LISTEN_FDNAMES',
-  'LISTEN_PID',
-  'NOTIFY_SOCKET',
-  'WATCHDOG_USEC',
-  'WATCHDOG_PID',
-  'BATON_NOTIFY_FD',
-  'BATON_PREDECESSOR_PID',
-];
+/** PATH for apps and hooks when the agent has none (systemd's default for services). */
+const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
 
-/** The agent's environment as apps and hooks start from it. */
-export function childBaseEnv(): NodeJS.ProcessEnv {
-  const env = { ...process.env };
-  for (const key of AGENT_ONLY_ENV) delete env[key];
+/** Locale and time zone: how an app formats text and dates, no secret in them. */
+const PASSED_BY_DEFAULT = /^(LANG|LANGUAGE|LC_[A-Z_]+|TZ)$/;
+
+/**
+ * What apps and hooks start from, as systemd starts a service: PATH, the locale and time zone,
+ * and the variables the app's config names in `passEnv`; nothing else of the agent's own
+ * environment (which may hold root's credentials). The app's `env`, env file and the baton
+ * variables are added on top by the caller.
+ */
+export function childBaseEnv(passEnv: readonly string[] = []): NodeJS.ProcessEnv {
+  const env: NodeJS.ProcessEnv = { PATH: process.env.PATH || DEFAULT_PATH };
+  for (const [key, value] of Object.entries(process.env))
+    if (value !== undefined && (PASSED_BY_DEFAULT.test(key) || passEnv.includes(key)))
+      env[key] = value;
   return env;
 }

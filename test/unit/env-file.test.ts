@@ -227,6 +227,17 @@ describe('SecretMasker', () => {
     assert.equal(masker.mask(`the key: ${key}`), 'the key: ***');
   });
 
+  it('finds a cut that falls inside no secret, moving it back to where the secret starts', () => {
+    const masker = new SecretMasker(['secret', 'cret-x']);
+    assert.equal(masker.longest, 6);
+    assert.equal(masker.safeCut('ab secret cd', 5), 3, 'inside: back to its start');
+    assert.equal(masker.safeCut('ab secret cd', 3), 3, 'at its start');
+    assert.equal(masker.safeCut('ab secret cd', 9), 9, 'at its end');
+    // Overlapping occurrences of two secrets: back past both.
+    assert.equal(masker.safeCut('ab secret-x', 10), 3);
+    assert.equal(new SecretMasker([]).safeCut('anything', 4), 4);
+  });
+
   it('escapes nothing: secrets are text, not patterns', () => {
     assert.equal(new SecretMasker(['a.b*']).mask('axb a.b* a.b'), 'axb *** a.b');
   });

@@ -5,6 +5,7 @@ import { PassThrough } from 'node:stream';
 import { describe, it } from 'node:test';
 import { readLines } from '../../src/protocol/lines.js';
 import { inheritedFds } from '../../src/protocol/systemd.js';
+import { SecretMasker } from '../../src/supervisor/env-file.js';
 import { LogTail } from '../../src/supervisor/log-tail.js';
 import { claimPidFile, releasePidFile, runningAgentPid } from '../../src/supervisor/pid-file.js';
 import { resolveCommand } from '../../src/supervisor/process-util.js';
@@ -74,6 +75,60 @@ describe('LogTail', () => {
       await appendFile(file, 'five\n');
       await tail.stop();
       assert.deepEqual(seen.slice(-2), ['y'.repeat(100), 'five']);
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+});
+
+describe('LogTail, hardened', () => {
+  it('skips the hole of NUL bytes an app writing without O_APPEND leaves after a cut', async () => {
+    const tmp = await tempDir();
+    try {
+      const file = path.join(tmp.dir, 'gen.log');
+      const seen: string[] = [];
+      const tail = new LogTail(file, 10, 1000, (l) => seen.push(l));
+      await tail.start(10_000);
+      // The app's writes at its old offset after the tail cut the file back.
+      await writeFile(file, Buffer.concat([Buffer.alloc(20_000), Buffer.from('after\n')]));
+      await tail.poll();
+      await tail.stop();
+      assert.deepEqual(seen, ['after']);
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+
+  it('masks before it clips, and cuts a long unfinished line outside any secret', async () => {
+    const tmp = await tempDir();
+    try {
+      const file = path.join(tmp.dir, 'gen.log');
+      await writeFile(file, '');
+      const seen: string[] = [];
+      const masker = new SecretMasker(['0123456789abcdef']);
+      const tail = new LogTail(
+        file,
+        10,
+        1_000_000,
+        (l) => seen.push(l),
+        () => masker,
+      );
+      await tail.start(10_000);
+      await appendFile(file, `${'x'.repeat(8180)}0123456789abcdef!\n`);
+      await appendFile(file, `${'y'.repeat(8190)}01234567`);
+      await tail.poll();
+      await appendFile(file, '89abcdef end\n');
+      await tail.stop();
+      assert.equal(seen[0], `${'x'.repeat(8180)}***!`);
+      assert.ok(
+        seen.every((l) => !/0123|cdef/.test(l)),
+        seen.map((l) => l.slice(-30)).join(' | '),
+      );
+      assert.equal(seen.at(-1)!.endsWith('*** end'), true);
+      assert.equal(
+        tail.lines().every((l) => !/0123|cdef/.test(l)),
+        true,
+      );
     } finally {
       await tmp.cleanup();
     }
