@@ -9,14 +9,12 @@ import { ReleaseStore, type ReleaseInfo } from '../artifact/store.js';
 import { BatonError, errorCode, errorMessage } from '../errors.js';
 import { report, type Reporter, type SupervisorEvent } from '../protocol/events.js';
 import { preflight } from './preflight.js';
-import {
-  AppSupervisor,
-  type AppRuntime,
-  type AppStatus,
-  type DeployResult,
-} from './app-supervisor.js';
+import type { AppRuntime } from './app-launcher.js';
+import { AppSupervisor, type DeployResult } from './app-supervisor.js';
+import type { AppStatus } from './app-status.js';
 import type { AgentConfig, AppConfig } from './config.js';
-import type { Release } from './generation.js';
+import { activationEnv, onReadyLine, ownPidScript } from './activation.js';
+import type { Release } from './generation-launch.js';
 import { adoptListener, closeAll, inheritedFds, openListener, type Listener } from './listeners.js';
 import { isAlive, signalGroup } from './process-util.js';
 import { StateFile } from './state.js';
@@ -69,7 +67,7 @@ async function readSignedManifest(file: string): Promise<SignedManifest> {
 }
 
 /** The last lines written to `file` after offset `from` (read from at most its last 16 KiB). */
-async function logTail(file: string, from: number, count = 5): Promise<string[]> {
+async function lastLinesSince(file: string, from: number, count = 5): Promise<string[]> {
   const handle = await open(file, 'r').catch(() => undefined);
   if (!handle) return [];
   try {
@@ -406,35 +404,24 @@ export class Agent {
     const out = openSync(this.paths.agentLog, 'a', 0o600);
     // Where the successor's own lines start, to quote them if it fails.
     const logFrom = fstatSync(out).size;
-    const env: NodeJS.ProcessEnv = {
-      ...process.env,
-      LISTEN_FDS: String(fds.length),
-      LISTEN_FDNAMES: names.join(':'),
+    const env: NodeJS.ProcessEnv = { ...process.env };
+    // This agent's own activation, if any, is not the successor's: it gets every listener.
+    delete env.LISTEN_FDS;
+    delete env.LISTEN_FDNAMES;
+    Object.assign(env, activationEnv(names), {
       BATON_NOTIFY_FD: String(notifyFd),
       BATON_PREDECESSOR_PID: String(process.pid),
-    };
-    if (fds.length === 0) delete env.LISTEN_FDS;
-    const child = spawn(
-      '/bin/sh',
-      ['-c', 'LISTEN_PID=$$; export LISTEN_PID; exec "$@"', 'baton-agent', ...argv],
-      {
-        env,
-        detached: true,
-        stdio: ['ignore', out, out, ...fds, 'pipe'],
-      },
-    );
+    });
+    const child = spawn('/bin/sh', ['-c', ownPidScript(['LISTEN_PID']), 'baton-agent', ...argv], {
+      env,
+      detached: true,
+      stdio: ['ignore', out, out, ...fds, 'pipe'],
+    });
     closeSync(out);
     let timer: NodeJS.Timeout | undefined;
     try {
       await new Promise<void>((resolve, reject) => {
-        let text = '';
-        const pipe = child.stdio[notifyFd] as NodeJS.ReadableStream;
-        pipe.setEncoding('utf8');
-        pipe.on('data', (d: string) => {
-          text += d;
-          if (text.includes('READY=1')) resolve();
-        });
-        pipe.on('error', () => undefined);
+        onReadyLine(child.stdio[notifyFd] as NodeJS.ReadableStream, resolve);
         child.once('error', reject);
         child.once('exit', (code, signal) =>
           reject(
@@ -459,7 +446,11 @@ export class Agent {
       for (const sup of sups) sup.resume();
       if (!(err instanceof BatonError)) throw err;
       // Why it failed (a bad token file, a port taken) is in its last lines: show them here.
-      throw new BatonError(err.code, err.message, await logTail(this.paths.agentLog, logFrom));
+      throw new BatonError(
+        err.code,
+        err.message,
+        await lastLinesSince(this.paths.agentLog, logFrom),
+      );
     } finally {
       clearTimeout(timer);
     }

@@ -1,48 +1,16 @@
 import { BatonError, errorMessage } from '../errors.js';
-import { report, type Reporter, type SupervisorEvent } from '../protocol/events.js';
+import { report, type Reporter } from '../protocol/events.js';
+import { AppLauncher, type AppRuntime } from './app-launcher.js';
+import { AppSecrets } from './app-secrets.js';
+import { appStatus, type AppStatus } from './app-status.js';
 import type { AppConfig } from './config.js';
-import { readEnvFile, SecretMasker, secretValues } from './env-file.js';
-import { checkReleaseDir, Generation, type Launch, type Release } from './generation.js';
-import { MAX_STATUS } from './notify-socket.js';
-import { accountEnv, launchShell, type RunAs } from './privilege.js';
-import { linkShared, prepareShared } from './shared-paths.js';
-import { runHook, type HookName } from './hooks.js';
+import { readEnvFile, secretValues } from './env-file.js';
+import { Generation } from './generation.js';
+import { checkReleaseDir, type Release } from './generation-launch.js';
 import { configForRelease } from './release-config.js';
-import { closeAll, describeListener, openListener, type Listener } from './listeners.js';
+import { closeAll, openListener, type Listener } from './listeners.js';
+import { RestartBackoff } from './restart-backoff.js';
 import type { StateFile } from './state.js';
-
-/** Where an app runs, worked out once when the agent starts (see preflight.ts). */
-export interface AppRuntime {
-  /** Who its generations and hooks run as; undefined: the agent's own user. */
-  runAs: RunAs | undefined;
-  /** Directory of per-generation notify sockets. */
-  runDir: string;
-  /** The app's shared area, linked into every release. */
-  sharedRoot: string;
-}
-
-export interface AppStatus {
-  name: string;
-  state: 'running' | 'starting' | 'deploying' | 'restarting' | 'stopped' | 'failed';
-  release: Release | undefined;
-  previous: Release | undefined;
-  generation: { number: number; pid: number; releaseId: string; startedAt: string } | undefined;
-  listeners: {
-    name: string;
-    address: string;
-    fd: number | undefined;
-    origin: string | undefined;
-  }[];
-  /** Set when the agent does not hold the listeners (re-adopted after a crash without socket activation). */
-  warning: string | undefined;
-  deploy: string | undefined;
-  restarts: number;
-  lastError: string | undefined;
-  /** The last `STATUS=` the serving generation sent (systemd readiness). */
-  notifyStatus: string | undefined;
-  /** The user its generations run as, when not the agent's own. */
-  user: string | undefined;
-}
 
 export interface DeployResult {
   app: string;
@@ -54,27 +22,50 @@ export interface DeployResult {
   durationMs: number;
 }
 
+/** What a supervisor is doing: one thing at a time. */
+type Activity =
+  | { kind: 'idle' }
+  /** The first generation when the agent starts (or starts it again after a failure). */
+  | { kind: 'starting' }
+  /** A deploy, reload or rollback, by its id. */
+  | { kind: 'deploying'; id: string }
+  /** Restarting after a crash; `waiting` while in the backoff, when a deploy may cut in. */
+  | { kind: 'restarting'; waiting: boolean };
+
+/** Whether the supervisor acts on its generations: not once stopped or handed to a successor. */
+type Lifecycle = 'supervising' | 'detached' | 'stopped';
+
+function describeActivity(activity: Activity): string {
+  switch (activity.kind) {
+    case 'idle':
+      return 'nothing';
+    case 'starting':
+      return 'initial start';
+    case 'deploying':
+      return activity.id;
+    case 'restarting':
+      return 'crash restart';
+  }
+}
+
 /**
  * Runs one app: owns its listeners, starts generations, hands over from one to the next, and
  * restarts a crashed one. One deploy at a time; every step is reported.
  */
 export class AppSupervisor {
   private current: Generation | undefined;
-  private deploying: string | undefined;
+  private activity: Activity = { kind: 'idle' };
+  private lifecycle: Lifecycle = 'supervising';
+  /** A restart is owed: nothing serves, or what served crashed (taken up once a deploy ends). */
   private restartPending = false;
   private restarts = 0;
   /** The deploy or restart under way, so that stop() can let it settle first. */
   private inflight: Promise<unknown> = Promise.resolve();
-  private restartWaiting = false;
-  /** Ends the current backoff wait early. */
-  private wake: (() => void) | undefined;
-  private backoffMs: number;
+  private readonly backoff: RestartBackoff;
   private lastError: string | undefined;
-  private stopped = false;
-  private supervising = true;
-  /** Masks the values of `secretEnv` keys; rebuilt each time the env file is read. */
-  private masker = new SecretMasker([]);
+  private readonly secrets = new AppSecrets();
   private readonly reporter: Reporter;
+  private readonly launcher: AppLauncher;
   /** When a restart for the memory ceiling last failed, so it is not retried at every sample. */
   private memoryRestartFailedAt = 0;
 
@@ -87,66 +78,20 @@ export class AppSupervisor {
     reporter: Reporter,
     private readonly runtime: AppRuntime,
   ) {
-    this.backoffMs = app.restart.initialBackoffMs;
-    this.rememberSecrets(secretValues(app.secretEnv, app.env));
+    this.backoff = new RestartBackoff(app.restart);
+    this.secrets.remember(secretValues(app.secretEnv, app.env));
     // Every event of this app passes here: a secret's value never reaches a log or a client.
-    this.reporter = (event) => reporter(this.maskEvent(event));
+    this.reporter = (event) => reporter(this.secrets.maskEvent(event));
+    this.launcher = new AppLauncher(app, runtime, this.secrets, this.reporter);
   }
 
-  /**
-   * Secret values are never forgotten while the agent runs: a generation started before the env
-   * file changed still holds (and may print) the old value.
-   */
-  private readonly secrets = new Set<string>();
-  private rememberSecrets(values: readonly string[]): void {
-    const before = this.secrets.size;
-    for (const v of values) if (this.secrets.size < 10_000) this.secrets.add(v);
-    if (this.secrets.size !== before) this.masker = new SecretMasker(this.secrets);
+  private get busy(): boolean {
+    return this.activity.kind !== 'idle';
   }
 
-  private maskEvent(event: SupervisorEvent): SupervisorEvent {
-    if (!this.masker.active) return event;
-    if (event.type === 'log') return { ...event, line: this.masker.mask(event.line) };
-    return event.detail === undefined
-      ? event
-      : { ...event, detail: this.masker.mask(event.detail) };
-  }
-
-  /** The same error with secrets masked in its message and lines. */
-  private maskError(err: unknown): unknown {
-    if (!this.masker.active || !(err instanceof BatonError)) return err;
-    const masked = new BatonError(
-      err.code,
-      this.masker.mask(err.message),
-      err.lines?.map((l) => this.masker.mask(l)),
-    );
-    return masked;
-  }
-
-  /**
-   * What a start of `app` (a generation or a hook) runs with: the env file read again now, the
-   * app's user, umask and limits. A bad env file fails the start, with nothing stopped.
-   */
-  private async launchFor(app: AppConfig): Promise<Launch> {
-    const fileEnv = app.envFile ? await readEnvFile(app.envFile) : {};
-    this.rememberSecrets(secretValues(app.secretEnv, app.env, fileEnv));
-    const { runAs, runDir } = this.runtime;
-    return {
-      ...launchShell(runAs, app),
-      env: { ...fileEnv, ...accountEnv(runAs) },
-      owner: runAs && { uid: runAs.uid, gid: runAs.gid },
-      runDir,
-      masker: () => this.masker,
-    };
-  }
-
-  /** Creates what is missing of the shared area and links it into the release, before its hooks. */
-  private async linkShared(dir: string): Promise<void> {
-    const { shared } = this.app;
-    if (shared.dirs.length === 0 && shared.files.length === 0) return;
-    const { runAs, sharedRoot } = this.runtime;
-    await prepareShared(sharedRoot, shared, runAs && { uid: runAs.uid, gid: runAs.gid });
-    await linkShared(dir, sharedRoot, shared);
+  /** Whether generation exits are acted on (not stopped, not handed to another agent). */
+  private get supervising(): boolean {
+    return this.lifecycle === 'supervising';
   }
 
   private get appState() {
@@ -160,53 +105,30 @@ export class AppSupervisor {
   status(): AppStatus {
     const st = this.appState;
     const gen = this.current;
-    return {
-      name: this.app.name,
-      state: this.stopped
-        ? 'stopped'
-        : this.restartPending
-          ? 'restarting'
-          : this.deploying
-            ? 'deploying'
-            : gen && !gen.hasExited
-              ? 'running'
-              : this.lastError
-                ? 'failed'
-                : 'starting',
+    return appStatus({
+      app: this.app,
+      state:
+        this.lifecycle === 'stopped'
+          ? 'stopped'
+          : this.restartPending
+            ? 'restarting'
+            : this.busy
+              ? 'deploying'
+              : gen && !gen.hasExited
+                ? 'running'
+                : this.lastError
+                  ? 'failed'
+                  : 'starting',
       release: st.current,
       previous: st.previous,
-      generation: gen
-        ? {
-            number: gen.number,
-            pid: gen.pid,
-            releaseId: gen.releaseId,
-            startedAt: gen.record.startedAt,
-          }
-        : undefined,
-      listeners: this.app.listeners.map((cfg) => {
-        const held = this.listeners?.find((l) => l.name === cfg.name);
-        return {
-          name: cfg.name,
-          address: held?.address ?? describeListener(cfg),
-          fd: held?.fd,
-          origin: held?.origin,
-        };
-      }),
-      warning: this.listeners
-        ? undefined
-        : `the agent does not hold ${this.app.name}'s listeners: generation ${gen?.number ?? '?'} (pid ${gen?.pid ?? '?'}) ` +
-          `kept them when the previous agent died. The next deploy will be a cold switch (old stopped before the new one ` +
-          `starts: connections are refused for about the new version's start-up time). Run the agent under systemd socket ` +
-          `activation, and use "baton agent upgrade" to replace it, to avoid this.`,
-      deploy: this.deploying,
+      generation: gen,
+      listeners: this.listeners,
+      deploy: this.busy ? describeActivity(this.activity) : undefined,
       restarts: this.restarts,
       lastError: this.lastError,
-      notifyStatus:
-        gen && !gen.hasExited && gen.statusText !== undefined
-          ? this.masker.mask(gen.statusText).slice(0, MAX_STATUS)
-          : undefined,
+      mask: (text) => this.secrets.mask(text),
       user: this.runtime.runAs?.user,
-    };
+    });
   }
 
   /** Takes back a running generation from the state file; false when there is none alive. */
@@ -216,7 +138,7 @@ export class AppSupervisor {
     const app = await configForRelease(this.app, record.releaseDir).catch(() => this.app);
     // Its output is masked like a generation this agent started (preflight read the file already).
     if (app.envFile)
-      this.rememberSecrets(
+      this.secrets.remember(
         secretValues(app.secretEnv, await readEnvFile(app.envFile).catch(() => ({}))),
       );
     const gen = await Generation.adopt(app, record, this.reporter, {
@@ -226,7 +148,7 @@ export class AppSupervisor {
       env: {},
       owner: this.runtime.runAs && { uid: this.runtime.runAs.uid, gid: this.runtime.runAs.gid },
       runDir: this.runtime.runDir,
-      masker: () => this.masker,
+      masker: () => this.secrets.masker,
     });
     if (!gen) return false;
     this.listen(gen);
@@ -262,18 +184,18 @@ export class AppSupervisor {
       });
       throw err;
     }
-    this.deploying = 'initial start';
+    this.activity = { kind: 'starting' };
     try {
       await checkReleaseDir(release.dir);
-      await this.linkShared(release.dir);
-      await this.hook('start', release.dir, release.id, this.appState.previous?.id);
+      await this.launcher.linkShared(release.dir);
+      await this.launcher.hook('start', release.dir, release.id, this.appState.previous?.id);
       const gen = await this.launch(release);
       await this.promote(gen, release, false);
     } catch (err) {
       this.failed(release, err);
-      throw this.maskError(err);
+      throw this.secrets.maskError(err);
     } finally {
-      this.deploying = undefined;
+      this.activity = { kind: 'idle' };
     }
   }
 
@@ -285,11 +207,11 @@ export class AppSupervisor {
   retryStart(): void {
     this.inflight = (async () => {
       const serving = () => this.current !== undefined && !this.current.hasExited;
-      while (!this.stopped && this.supervising && !serving()) {
+      while (this.supervising && !serving()) {
         const release = this.appState.current ?? this.configuredRelease();
         if (!release) return;
-        await this.sleep(this.backOff(release, 'start again in'));
-        if (this.stopped || !this.supervising || serving() || this.deploying) continue;
+        await this.backoff.sleep(this.backOff(release, 'start again in'));
+        if (!this.supervising || serving() || this.busy) continue;
         // Reported by start(), which records the error for status.
         await this.start().catch(() => undefined);
       }
@@ -298,8 +220,7 @@ export class AppSupervisor {
 
   /** The wait before the next try (doubling the one after it, up to the maximum), reported. */
   private backOff(release: Release, when: string): number {
-    const wait = this.backoffMs;
-    this.backoffMs = Math.min(Math.max(wait * 2, 1), this.app.restart.maxBackoffMs);
+    const wait = this.backoff.next();
     report(this.reporter, {
       type: 'phase',
       app: this.app.name,
@@ -320,25 +241,26 @@ export class AppSupervisor {
 
   /** Hands over to a new generation of `release`; the old one serves until the new one is ready. */
   async deploy(release: Release, deployId = `deploy ${release.id}`): Promise<DeployResult> {
-    if (this.deploying === 'crash restart' && this.restartWaiting) {
+    if (this.activity.kind === 'restarting' && this.activity.waiting) {
       // A deploy (a fix, a rollback) goes before waiting to restart what keeps failing; if it
       // fails too, the restarts resume.
       this.restartPending = false;
-      this.wake?.();
+      this.backoff.interrupt();
       await this.inflight;
     }
-    if (this.deploying)
+    if (this.busy)
       throw new BatonError(
         'DEPLOY_BUSY',
-        `busy: ${this.deploying} of ${this.app.name} in progress; try again when it ends`,
+        `busy: ${describeActivity(this.activity)} of ${this.app.name} in progress; try again when it ends`,
       );
-    if (this.stopped) throw new BatonError('APP_UNKNOWN', `app ${this.app.name} is stopped`);
+    if (this.lifecycle === 'stopped')
+      throw new BatonError('APP_UNKNOWN', `app ${this.app.name} is stopped`);
     if (!this.supervising)
       throw new BatonError(
         'DEPLOY_BUSY',
         `busy: the agent is handing ${this.app.name} over to a new agent process; deploy again once the upgrade ends`,
       );
-    this.deploying = deployId;
+    this.activity = { kind: 'deploying', id: deployId };
     const run = this.runDeploy(release);
     this.inflight = run.catch(() => undefined);
     return run;
@@ -351,9 +273,9 @@ export class AppSupervisor {
       const old = this.current && !this.current.hasExited ? this.current : undefined;
       const previous = this.appState.current;
       // The env file is read before anything runs: a bad one stops the deploy here.
-      await this.launchFor(await configForRelease(this.app, release.dir));
-      await this.linkShared(release.dir);
-      await this.hook('beforeRestart', release.dir, release.id, previous?.id);
+      await this.launcher.launchFor(await configForRelease(this.app, release.dir));
+      await this.launcher.linkShared(release.dir);
+      await this.launcher.hook('beforeRestart', release.dir, release.id, previous?.id);
       const cold = this.listeners === undefined;
       let drained: DeployResult['drained'] = 'none';
       if (cold && old) drained = await this.drain(old);
@@ -361,11 +283,11 @@ export class AppSupervisor {
       const gen = await this.launch(release);
       await this.promote(gen, release, true);
       if (old && !cold) drained = await this.drain(old);
-      await this.hook('afterRestart', release.dir, release.id, previous?.id).catch(
-        (err: unknown) => {
+      await this.launcher
+        .hook('afterRestart', release.dir, release.id, previous?.id)
+        .catch((err: unknown) => {
           this.lastError = errorMessage(err);
-        },
-      );
+        });
       const durationMs = Date.now() - started;
       report(this.reporter, {
         type: 'phase',
@@ -386,12 +308,12 @@ export class AppSupervisor {
       };
     } catch (err) {
       this.failed(release, err);
-      throw this.maskError(err);
+      throw this.secrets.maskError(err);
     } finally {
-      this.deploying = undefined;
+      this.activity = { kind: 'idle' };
       // Nothing serving after this deploy (a cold switch that failed, a crash meanwhile): restart.
       if (!this.current || this.current.hasExited) this.restartPending = true;
-      if (this.restartPending && !this.stopped) this.inflight = this.restartLoop();
+      if (this.restartPending && this.lifecycle !== 'stopped') this.inflight = this.restartLoop();
     }
   }
 
@@ -405,17 +327,17 @@ export class AppSupervisor {
 
   /** Drains the serving generation, runs the stop hook and closes the listeners. */
   async stop(): Promise<void> {
-    this.stopped = true;
-    this.wake?.();
+    this.lifecycle = 'stopped';
+    this.backoff.interrupt();
     // A deploy under way ends on its own deadlines; stopping halfway would orphan a generation.
     await this.inflight;
     const gen = this.current;
     if (gen) await this.drain(gen);
     const release = this.appState.current;
     if (release)
-      await this.hook('stop', release.dir, release.id, this.appState.previous?.id).catch(
-        () => undefined,
-      );
+      await this.launcher
+        .hook('stop', release.dir, release.id, this.appState.previous?.id)
+        .catch(() => undefined);
     await this.state.update((s) => {
       delete s.apps[this.app.name]?.generation;
     });
@@ -425,40 +347,20 @@ export class AppSupervisor {
 
   /** Stops reacting to generation exits, leaving them running (for an agent upgrade). */
   detach(): void {
-    this.supervising = false;
-    this.wake?.();
+    if (this.lifecycle === 'supervising') this.lifecycle = 'detached';
+    this.backoff.interrupt();
   }
 
   /** Leaves the app to a successor agent: its generation runs on, this process lets go of it. */
   async handOff(): Promise<void> {
-    this.supervising = false;
-    await this.current?.release();
+    if (this.lifecycle === 'supervising') this.lifecycle = 'detached';
+    await this.current?.handOff();
     closeAll(this.listeners ?? [], true);
   }
 
   resume(): void {
-    this.supervising = true;
+    if (this.lifecycle === 'detached') this.lifecycle = 'supervising';
     if (this.current?.hasExited) this.scheduleRestart();
-  }
-
-  /** `previousReleaseId` is the release a deploy moves away from (for beforeRestart and afterRestart alike). */
-  private async hook(
-    name: HookName,
-    cwd: string,
-    releaseId: string | undefined,
-    previousReleaseId: string | undefined,
-  ): Promise<void> {
-    // The hooks of the release concerned (its baton.yml may bring its own); cwd is that release.
-    const app = await configForRelease(this.app, cwd);
-    if (!app.hooks[name]) return;
-    await runHook(name, app.hooks[name], {
-      app,
-      launch: await this.launchFor(app),
-      cwd,
-      releaseId,
-      previousReleaseId,
-      reporter: this.reporter,
-    });
   }
 
   /** Starts a generation and waits for it to be ready; on failure it is killed and the error carries its last lines. */
@@ -476,7 +378,7 @@ export class AppSupervisor {
       logDir: this.logDir,
       previousReleaseId: this.appState.current?.id,
       reporter: this.reporter,
-      launch: await this.launchFor(app),
+      launch: await this.launcher.launchFor(app),
     });
     this.listen(gen);
     try {
@@ -520,11 +422,11 @@ export class AppSupervisor {
    * new one starts, becomes ready, then the old one drains. Nothing is refused meanwhile.
    */
   private async memoryRestart(gen: Generation): Promise<void> {
-    if (gen !== this.current || this.deploying || this.stopped || !this.supervising) return;
+    if (gen !== this.current || this.busy || !this.supervising) return;
     if (Date.now() - this.memoryRestartFailedAt < this.app.restart.maxBackoffMs) return;
     await this.reload('memory ceiling restart').catch((err: unknown) => {
       this.memoryRestartFailedAt = Date.now();
-      this.lastError = `memory ceiling restart failed: ${errorMessage(this.maskError(err))}`;
+      this.lastError = `memory ceiling restart failed: ${errorMessage(this.secrets.maskError(err))}`;
     });
   }
 
@@ -558,22 +460,9 @@ export class AppSupervisor {
     this.watch(gen);
   }
 
-  /** A backoff wait that stop() can cut short. */
-  private sleep(ms: number): Promise<void> {
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.wake = undefined;
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.wake = done;
-    });
-  }
-
   /** Remembers and reports why starting `release` failed. */
   private failed(release: Release, err: unknown): void {
-    err = this.maskError(err);
+    err = this.secrets.maskError(err);
     this.lastError = errorMessage(err);
     report(this.reporter, {
       type: 'phase',
@@ -611,7 +500,7 @@ export class AppSupervisor {
 
   private watch(gen: Generation): void {
     void gen.exited.then(() => {
-      if (gen !== this.current || gen.isStopping || this.stopped || !this.supervising) return;
+      if (gen !== this.current || gen.isStopping || !this.supervising) return;
       report(this.reporter, {
         type: 'phase',
         app: this.app.name,
@@ -621,23 +510,22 @@ export class AppSupervisor {
         detail: gen.exitDescription(),
       });
       const servedMs = Date.now() - Date.parse(gen.record.startedAt);
-      if (servedMs >= this.app.restart.resetAfterMs)
-        this.backoffMs = this.app.restart.initialBackoffMs;
+      if (servedMs >= this.app.restart.resetAfterMs) this.backoff.reset();
       this.scheduleRestart();
     });
   }
 
   private scheduleRestart(): void {
     this.restartPending = true;
-    if (!this.deploying) this.inflight = this.restartLoop();
+    if (!this.busy) this.inflight = this.restartLoop();
   }
 
   /** Restarts the current release with growing backoff until a generation is ready; listeners stay open meanwhile. */
   private async restartLoop(): Promise<void> {
-    if (this.deploying) return;
-    this.deploying = 'crash restart';
+    if (this.busy) return;
+    this.activity = { kind: 'restarting', waiting: false };
     try {
-      while (this.restartPending && !this.stopped && this.supervising) {
+      while (this.restartPending && this.supervising) {
         // A deploy that ran meanwhile may have put a live generation in place already.
         if (this.current && !this.current.hasExited) {
           this.restartPending = false;
@@ -646,10 +534,10 @@ export class AppSupervisor {
         const release = this.appState.current ?? this.configuredRelease();
         if (!release) return;
         const wait = this.backOff(release, 'in');
-        this.restartWaiting = true;
-        await this.sleep(wait);
-        this.restartWaiting = false;
-        if (this.stopped || !this.supervising || !this.restartPending) return;
+        this.activity = { kind: 'restarting', waiting: true };
+        await this.backoff.sleep(wait);
+        this.activity = { kind: 'restarting', waiting: false };
+        if (!this.supervising || !this.restartPending) return;
         try {
           if (!this.listeners)
             this.listeners = await Promise.all(this.app.listeners.map((l) => openListener(l)));
@@ -662,7 +550,7 @@ export class AppSupervisor {
         }
       }
     } finally {
-      this.deploying = undefined;
+      this.activity = { kind: 'idle' };
     }
   }
 }

@@ -3,7 +3,7 @@ import { createInterface } from 'node:readline';
 import { BatonError } from '../errors.js';
 import { report, type Reporter } from '../protocol/events.js';
 import type { AppConfig, HookConfig } from './config.js';
-import type { Launch } from './generation.js';
+import type { Launch } from './generation-launch.js';
 import { launchEnvironment } from './privilege.js';
 import { childBaseEnv, signalGroup } from './process-util.js';
 

@@ -1,6 +1,6 @@
 import path from 'node:path';
 import { BatonError, errorMessage } from '../errors.js';
-import type { AppRuntime } from './app-supervisor.js';
+import type { AppRuntime } from './app-launcher.js';
 import type { AgentConfig } from './config.js';
 import { readEnvFile } from './env-file.js';
 import { notifyUnavailable } from './notify-socket.js';

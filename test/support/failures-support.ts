@@ -4,7 +4,7 @@ import http from 'node:http';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { AgentStatus } from '../../src/supervisor/agent.js';
-import type { AppStatus } from '../../src/supervisor/app-supervisor.js';
+import type { AppStatus } from '../../src/supervisor/app-status.js';
 import { control, FIXTURES } from './harness.js';
 
 /** The fixture that behaves as its release directory's `mode` file says. */
