@@ -46,14 +46,14 @@ function asNobody(args: string[]): Flooder {
   const waiters = new Set<() => void>();
   let buf = '';
   let stderr = '';
-  proc.stdout!.setEncoding('utf8').on('data', (chunk: string) => {
+  proc.stdout.setEncoding('utf8').on('data', (chunk: string) => {
     buf += chunk;
     const lines = buf.split('\n');
     buf = lines.pop() ?? '';
     for (const line of lines) if (line) reports.push(JSON.parse(line) as Record<string, unknown>);
     for (const w of [...waiters]) w();
   });
-  proc.stderr!.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+  proc.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
   const done = new Promise<void>((resolve) => proc.once('close', () => resolve()));
   return {
     proc,
