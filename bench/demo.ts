@@ -89,12 +89,13 @@ async function main(): Promise<number> {
       stateDir: './state',
       trustedKeys: [keys.publicKey],
       apps: [webApp({ release: v1, listeners: [{ name: 'http', tcp: '127.0.0.1:0' }] })],
-      channel: { port: 0, tokenFile },
+      // The default: the channel on a unix socket only root may open, reached through SSH.
+      channel: { socket: path.join(tmp.dir, 'channel.sock'), tokenFile },
     });
     say(`${stamp()} starting: baton agent run --config ${config}`);
     agent = await startAgent(config);
     const channel = await agent.waitFor(
-      (r) => r.type === 'channel' && typeof r.port === 'number',
+      (r) => r.type === 'channel' && typeof r.socket === 'string',
       'channel',
     );
     const dialer = sshDialer(
@@ -103,7 +104,7 @@ async function main(): Promise<number> {
         privateKey: sshd.clientKey.privateKey,
         knownHosts: [sshd.knownHostsLine],
       },
-      channel.port as number,
+      channel.socket as string,
     );
     const port = listenerPort(
       await withDeadline(controlRequest(agent.socket, { method: 'status' }), 'status'),

@@ -64,7 +64,7 @@ export async function batonRun(
       privateKey: sshd.clientKey.privateKey,
       knownHosts: [sshd.knownHostsLine],
     },
-    ca.channelPort,
+    ca.channelSocket,
   );
   try {
     const pid = ca.agent.pid;

@@ -122,7 +122,10 @@ export function printStatus(status: AgentStatus, json: boolean, out: Output): vo
   if (json) return out.json(status);
   out.line(
     `agent pid ${status.pid}, up since ${status.startedAt}` +
-      (status.channelPort !== undefined ? `, channel on port ${status.channelPort}` : ''),
+      (status.channelSocket !== undefined ? `, channel on ${status.channelSocket}` : '') +
+      (status.channelPort !== undefined
+        ? `${status.channelSocket !== undefined ? ' and' : ', channel on'} port ${status.channelPort}`
+        : ''),
   );
   for (const app of status.apps) {
     const gen = app.generation

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { BatonError, errorMessage } from '../errors.js';
 import type { DeployOrigin } from '../protocol/channel.js';
 import { checkToken, readTokenFile } from '../transport/auth.js';
-import { DEFAULT_CHANNEL_PORT } from '../transport/channel-config.js';
+import { DEFAULT_CHANNEL_SOCKET } from '../transport/channel-config.js';
 import { directDialer, sshDialer, type Dialer } from '../transport/dialer.js';
 import type { SshOptions } from '../transport/ssh.js';
 
@@ -14,6 +14,7 @@ export const REMOTE_OPTIONS = {
   host: { type: 'string' },
   agent: { type: 'string' },
   'agent-port': { type: 'string' },
+  'agent-socket': { type: 'string' },
   'token-file': { type: 'string' },
   identity: { type: 'string', short: 'i' },
   'known-hosts': { type: 'string' },
@@ -26,20 +27,25 @@ export const REMOTE_OPTIONS = {
 } as const;
 
 export const REMOTE_USAGE = `how to reach the agent (one of):
-  --host USER@HOST[:PORT]     through SSH to the agent's loopback port (--agent-port, default ${DEFAULT_CHANNEL_PORT})
+  --host USER@HOST[:PORT]     through SSH to the agent's socket (the SSH user must be allowed to open it:
+                              root, or a member of the agent's channel.socketGroup)
+    --agent-socket PATH       the agent's channel.socket (default ${DEFAULT_CHANNEL_SOCKET})
+    --agent-port N            or a TCP port on the host's loopback (the agent's channel.port)
     -i, --identity FILE       private key (passphrase from $BATON_SSH_PASSPHRASE); else ssh-agent ($SSH_AUTH_SOCK)
     --known-hosts FILE        host keys to trust (default ~/.ssh/known_hosts)
     --fingerprint SHA256:...  or pin the host key's fingerprint
     --accept-unknown-host-key trust a host key nothing vouches for (never a changed one)
     -J, --jump USER@HOST[:PORT][,...]   ProxyJump through these hosts
     --connect-timeout SECONDS (default 15)
-  --agent ws://127.0.0.1:PORT | wss://HOST:PORT   directly (--ca FILE to pin a CA for wss)
+  --agent unix:PATH | wss://HOST:PORT | ws://127.0.0.1:PORT   directly: this host's socket,
+                              or TCP (--ca FILE to pin a CA for wss)
   token: --token-file FILE or $BATON_TOKEN (the agent's channel.tokenFile)`;
 
 export interface RemoteValues {
   host?: string;
   agent?: string;
   'agent-port'?: string;
+  'agent-socket'?: string;
   'token-file'?: string;
   identity?: string;
   'known-hosts'?: string;
@@ -90,11 +96,9 @@ export async function remoteTarget(
   const timeoutMs = positiveNumber(values['connect-timeout'], '--connect-timeout', 15) * 1000;
   if (values.agent !== undefined) {
     const ca = values.ca !== undefined ? await readText(values.ca, 'CA file') : undefined;
-    return {
-      dialer: directDialer(values.agent, { ca, connectTimeoutMs: timeoutMs }),
-      token,
-      hostLabel: new URL(values.agent).host,
-    };
+    const dialer = directDialer(values.agent, { ca, connectTimeoutMs: timeoutMs });
+    const hostLabel = values.agent.startsWith('unix:') ? 'localhost' : new URL(values.agent).host;
+    return { dialer, token, hostLabel };
   }
   if (values.host === undefined) throw new BatonError('USAGE', `where to?\n${REMOTE_USAGE}`);
   const ssh: SshOptions = {
@@ -116,8 +120,15 @@ export async function remoteTarget(
   const knownHosts = values['known-hosts'] ?? path.join(os.homedir(), '.ssh', 'known_hosts');
   if (values['known-hosts'] !== undefined || existsSync(knownHosts))
     ssh.knownHosts = await readText(knownHosts, 'known_hosts');
-  const port = positiveNumber(values['agent-port'], '--agent-port', DEFAULT_CHANNEL_PORT);
-  return { dialer: sshDialer(ssh, port), token, hostLabel: values.host };
+  if (values['agent-port'] !== undefined && values['agent-socket'] !== undefined)
+    throw new BatonError('USAGE', 'give --agent-socket or --agent-port, not both');
+  const to =
+    values['agent-port'] !== undefined
+      ? positiveNumber(values['agent-port'], '--agent-port', 0)
+      : (values['agent-socket'] ?? DEFAULT_CHANNEL_SOCKET);
+  if (typeof to === 'string' && !to.startsWith('/'))
+    throw new BatonError('USAGE', `--agent-socket ${to}: expected an absolute path on the host`);
+  return { dialer: sshDialer(ssh, to), token, hostLabel: values.host };
 }
 
 /** Who deploys and from which run: GitHub's variables in Actions, user@machine elsewhere. */

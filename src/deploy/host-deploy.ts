@@ -46,6 +46,8 @@ const RETRYABLE = new Set([
   'CONNECTION_LOST',
   'SSH_CONNECT_FAILED',
   'SSH_FORWARD_FAILED',
+  // Absent for a moment while the agent is upgraded (or restarted).
+  'CHANNEL_SOCKET_UNREACHABLE',
   'UPLOAD_INCOMPLETE',
   'ECONNRESET',
   'ECONNREFUSED',

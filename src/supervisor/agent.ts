@@ -87,8 +87,10 @@ export interface AgentStatus {
   pid: number;
   startedAt: string;
   configFile: string;
-  /** The remote-deploy channel's port, when the config has a channel. */
+  /** The remote-deploy channel's TCP port, when the config has a channel with a `port`. */
   channelPort: number | undefined;
+  /** The remote-deploy channel's unix socket, when the config has a channel. */
+  channelSocket?: string | undefined;
   apps: AppStatus[];
 }
 
@@ -108,8 +110,9 @@ export class Agent {
   private readonly subscribers = new Set<Reporter>();
   private readonly state: StateFile;
   private readonly startedAt = new Date().toISOString();
-  /** Set by whoever runs the channel, so status can show its port. */
+  /** Set by whoever runs the channel, so status can show its port and socket. */
   channelPort: () => number | undefined = () => undefined;
+  channelSocket: () => string | undefined = () => undefined;
 
   constructor(
     readonly config: AgentConfig,
@@ -250,6 +253,7 @@ export class Agent {
       startedAt: this.startedAt,
       configFile: this.configFile,
       channelPort: this.channelPort(),
+      channelSocket: this.channelSocket(),
       apps: [...this.apps.values()].map((s) => s.status()),
     };
   }

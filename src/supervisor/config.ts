@@ -369,6 +369,7 @@ export function parseAgentConfig(raw: unknown, source: string): AgentConfig {
     if (app.envFile !== undefined) app.envFile = path.resolve(base, app.envFile);
     for (const l of app.listeners) if (l.unix !== undefined) l.unix = path.resolve(base, l.unix);
   }
+  if (cfg.channel) cfg.channel.socket = path.resolve(base, cfg.channel.socket);
   return cfg;
 }
 

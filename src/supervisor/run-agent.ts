@@ -51,6 +51,7 @@ export async function runAgent(
   try {
     if (channel) {
       agent.channelPort = () => channel.port;
+      agent.channelSocket = () => channel.address()?.socket;
       // The token and TLS files are read and checked before any app is touched: a bad one fails
       // here, with nothing started.
       await channel.prepare();
@@ -99,7 +100,9 @@ export async function runAgent(
       if (channel) channel.registry.closed = 'the agent is being upgraded; try again in a moment';
       try {
         await control.stopListening();
-        // The successor binds the channel's port itself: a client that connects meanwhile retries.
+        // The successor binds the channel's socket and port itself: a client that connects
+        // meanwhile retries. Closed before the successor starts: closing a unix listener
+        // unlinks its path, which must never take away the successor's socket.
         await channel?.stopListening();
         const successor = await agent.spawnSuccessor(successorArgv);
         jsonLine({ type: 'agent', msg: `handed over to new agent pid ${successor.pid}` });

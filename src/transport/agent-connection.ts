@@ -93,6 +93,13 @@ export class AgentConnection {
     return this.state === 'ready';
   }
 
+  /** Closed (1013) to make room for a newer connection: the client may simply try again. */
+  evict(reason: string): void {
+    this.closed = true;
+    clearTimeout(this.authTimer);
+    closeSoon(this.ws, 1013, reason);
+  }
+
   private send(msg: ServerMessage): void {
     if (!this.closed && this.ws.readyState === this.ws.OPEN) this.ws.send(JSON.stringify(msg));
   }
@@ -202,7 +209,6 @@ export class AgentConnection {
         'PROTOCOL_MISMATCH',
         `the client speaks protocol ${protocols.join(', ')}, this agent (baton ${toolVersion()}) speaks ${SUPPORTED_PROTOCOLS.join(', ')}; upgrade the older side`,
       );
-    if (this.rateLimited()) return;
     this.state = 'auth';
     this.nonce = makeNonce();
     this.clientName = client;
@@ -218,42 +224,42 @@ export class AgentConnection {
   private clientName = '';
 
   /**
-   * Refuses a peer past its failed-login limit. Checked at hello and again at auth: guesses
-   * sent on many connections opened at once are counted before each is compared.
+   * The MAC first: a right one always gets in, whatever other connections from the same
+   * address (behind SSH, every client is 127.0.0.1) got wrong. A wrong one counts against its
+   * peer; past the limit it is refused as rate-limited. The token is 32 random bytes under
+   * HMAC, so the limit is there against noise and cost, not guessing.
    */
-  private rateLimited(): boolean {
-    const wait = this.deps.limiter.blockedFor(this.peer);
-    if (wait <= 0) return false;
-    this.deps.audit.record({
-      event: 'auth-rate-limited',
-      peer: this.peer,
-      reason: `too many failed logins; refused for ${Math.ceil(wait / 1000)} s`,
-    });
-    this.refuse(
-      CloseCode.rateLimited,
-      'AUTH_RATE_LIMITED',
-      `too many failed logins from ${this.peer}; try again in ${Math.ceil(wait / 1000)} s`,
-    );
-    return true;
-  }
-
   private onAuth(clientNonce: string, mac: string): void {
-    if (this.rateLimited()) return;
     const expected = clientMac(this.deps.token, this.nonce, clientNonce);
-    if (!macEquals(mac, expected) || clientNonce === this.nonce) {
-      this.deps.limiter.fail(this.peer);
-      this.deps.audit.record({ event: 'auth-failed', peer: this.peer, reason: 'wrong token' });
-      this.deps.log({ type: 'channel', level: 'warn', msg: `auth failed from ${this.peer}` });
+    if (macEquals(mac, expected) && clientNonce !== this.nonce) {
+      clearTimeout(this.authTimer);
+      this.state = 'ready';
+      this.deps.audit.record({ event: 'connected', peer: this.peer, client: this.clientName });
+      this.send({ type: 'welcome', proof: agentProof(this.deps.token, this.nonce, clientNonce) });
+      return;
+    }
+    const wait = this.deps.limiter.blockedFor(this.peer);
+    this.deps.limiter.fail(this.peer);
+    if (wait > 0) {
+      const secs = Math.ceil(wait / 1000);
+      this.deps.audit.refusal({
+        event: 'auth-rate-limited',
+        peer: this.peer,
+        reason: `too many failed logins; wrong ones refused for ${secs} s`,
+      });
       return this.refuse(
-        CloseCode.authFailed,
-        'AUTH_FAILED',
-        "authentication failed: the token is not this agent's",
+        CloseCode.rateLimited,
+        'AUTH_RATE_LIMITED',
+        `too many failed logins from ${this.peer}; try again in ${secs} s with the right token`,
       );
     }
-    clearTimeout(this.authTimer);
-    this.state = 'ready';
-    this.deps.audit.record({ event: 'connected', peer: this.peer, client: this.clientName });
-    this.send({ type: 'welcome', proof: agentProof(this.deps.token, this.nonce, clientNonce) });
+    if (this.deps.audit.refusal({ event: 'auth-failed', peer: this.peer, reason: 'wrong token' }))
+      this.deps.log({ type: 'channel', level: 'warn', msg: `auth failed from ${this.peer}` });
+    return this.refuse(
+      CloseCode.authFailed,
+      'AUTH_FAILED',
+      "authentication failed: the token is not this agent's",
+    );
   }
 
   /** Streams a session's messages to this client until either ends. */

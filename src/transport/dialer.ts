@@ -1,5 +1,6 @@
+import net from 'node:net';
 import { WebSocket } from 'ws';
-import { BatonError, errorMessage } from '../errors.js';
+import { BatonError, errorCode, errorMessage } from '../errors.js';
 import type { SshConnection, SshOptions } from './ssh.js';
 
 export interface DialOptions {
@@ -11,7 +12,7 @@ export interface DialOptions {
  * never knows which; `open` may be called again after a drop (a reconnect).
  */
 export interface Dialer {
-  /** Where this goes, for messages: `deploy@web1:22 → 127.0.0.1:7701`. */
+  /** Where this goes, for messages: `deploy@web1:22 → /run/baton/channel.sock`. */
   readonly describe: string;
   open(opts: DialOptions): Promise<WebSocket>;
   close(): Promise<void>;
@@ -46,25 +47,72 @@ function opened(ws: WebSocket, describe: string, code: 'CONNECTION_LOST' | 'SSH_
   });
 }
 
+/** The coded error for a local socket that cannot be opened, saying what to do. */
+function socketError(socketPath: string, err: unknown): BatonError {
+  const code = errorCode(err);
+  if (code === 'EACCES' || code === 'EPERM')
+    return new BatonError(
+      'CHANNEL_SOCKET_DENIED',
+      `cannot open the agent's socket ${socketPath}: permission denied; only root and members of the agent's channel.socketGroup may (add this user to that group, or deploy as one)`,
+    );
+  return new BatonError(
+    'CHANNEL_SOCKET_UNREACHABLE',
+    `cannot open the agent's socket ${socketPath} (${errorMessage(err)}): is the baton agent running, with channel.socket set to this path?`,
+  );
+}
+
 /**
- * `ws://127.0.0.1:7701` or `wss://host:port`: straight to the agent. For wss, `ca` pins the
- * certificate authority (a self-signed agent certificate, say); Node's own CAs otherwise.
+ * `unix:/run/baton/channel.sock` (the agent's socket on this host), `ws://127.0.0.1:7701` or
+ * `wss://host:port`: straight to the agent. For wss, `ca` pins the certificate authority (a
+ * self-signed agent certificate, say); Node's own CAs otherwise.
  */
 export function directDialer(
   url: string,
   opts: { ca?: string; connectTimeoutMs?: number } = {},
 ): Dialer {
+  const handshakeTimeout = opts.connectTimeoutMs ?? 15_000;
+  if (url.startsWith('unix:')) {
+    const socketPath = url.slice('unix:'.length);
+    if (!socketPath.startsWith('/'))
+      throw new BatonError('USAGE', `--agent ${url}: expected unix:/absolute/path/to/channel.sock`);
+    return {
+      describe: socketPath,
+      async open({ maxPayload }) {
+        // Connected first, so that a missing or forbidden socket is told apart from the rest.
+        const sock = await new Promise<net.Socket>((resolve, reject) => {
+          const s = net.connect(socketPath);
+          s.once('connect', () => {
+            s.off('error', reject);
+            resolve(s);
+          });
+          s.once('error', (err) => reject(socketError(socketPath, err)));
+        });
+        return opened(
+          new WebSocket('ws://localhost/', {
+            maxPayload,
+            perMessageDeflate: false,
+            handshakeTimeout,
+            createConnection: () => sock as never,
+            generateMask: noMask,
+          }),
+          socketPath,
+          'CONNECTION_LOST',
+        );
+      },
+      close: () => Promise.resolve(),
+    };
+  }
   let parsed: URL;
   try {
     parsed = new URL(url);
   } catch {
     throw new BatonError(
       'USAGE',
-      `--agent ${url}: not a URL; expected ws://127.0.0.1:7701 or wss://host:port`,
+      `--agent ${url}: not a URL; expected unix:/run/baton/channel.sock, ws://127.0.0.1:7701 or wss://host:port`,
     );
   }
   if (parsed.protocol !== 'ws:' && parsed.protocol !== 'wss:')
-    throw new BatonError('USAGE', `--agent ${url}: expected ws:// or wss://`);
+    throw new BatonError('USAGE', `--agent ${url}: expected unix:/path, ws:// or wss://`);
   const loopback = /^(127\.\d+\.\d+\.\d+|\[::1\]|localhost)$/.test(parsed.hostname);
   if (parsed.protocol === 'ws:' && !loopback)
     throw new BatonError(
@@ -78,7 +126,7 @@ export function directDialer(
         new WebSocket(url, {
           maxPayload,
           perMessageDeflate: false,
-          handshakeTimeout: opts.connectTimeoutMs ?? 15_000,
+          handshakeTimeout,
           generateMask: noMask,
           ...(opts.ca !== undefined && { ca: opts.ca }),
         }),
@@ -90,11 +138,17 @@ export function directDialer(
 }
 
 /**
- * Through SSH to the agent's loopback port: nothing on the host needs to be open beyond SSH.
- * The SSH connection is opened on first use and again whenever it dropped.
+ * Through SSH to the agent: to its unix socket (`agent` a path: nothing on the host needs to be
+ * open beyond SSH, and only users the socket admits get through) or to a TCP port on the host's
+ * loopback (`agent` a number). The SSH connection is opened on first use and again whenever it
+ * dropped.
  */
-export function sshDialer(ssh: SshOptions, agentPort: number, agentHost = '127.0.0.1'): Dialer {
-  const describe = `${ssh.target} → ${agentHost}:${agentPort}`;
+export function sshDialer(
+  ssh: SshOptions,
+  agent: string | number,
+  agentHost = '127.0.0.1',
+): Dialer {
+  const describe = `${ssh.target} → ${typeof agent === 'string' ? agent : `${agentHost}:${agent}`}`;
   let conn: SshConnection | undefined;
   let dropped = false;
   const connect = async (): Promise<SshConnection> => {
@@ -113,15 +167,19 @@ export function sshDialer(ssh: SshOptions, agentPort: number, agentHost = '127.0
     describe,
     async open({ maxPayload }) {
       const c = await connect();
-      const stream = await c.forward(agentHost, agentPort);
+      const stream =
+        typeof agent === 'string' ? await c.forwardLocal(agent) : await c.forward(agentHost, agent);
       // The WebSocket speaks HTTP over the forwarded stream as if it were a TCP socket.
-      const ws = new WebSocket(`ws://${agentHost}:${agentPort}`, {
-        maxPayload,
-        perMessageDeflate: false,
-        handshakeTimeout: 15_000,
-        createConnection: () => stream as never,
-        generateMask: noMask,
-      });
+      const ws = new WebSocket(
+        typeof agent === 'string' ? 'ws://localhost/' : `ws://${agentHost}:${agent}`,
+        {
+          maxPayload,
+          perMessageDeflate: false,
+          handshakeTimeout: 15_000,
+          createConnection: () => stream as never,
+          generateMask: noMask,
+        },
+      );
       return opened(ws, describe, 'SSH_FORWARD_FAILED').catch((err: unknown) => {
         stream.destroy();
         throw new BatonError('SSH_FORWARD_FAILED', errorMessage(err));

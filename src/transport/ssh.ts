@@ -51,6 +51,12 @@ export interface SshConnection {
    * @throws BatonError `SSH_FORWARD_FAILED` when the server cannot or will not connect.
    */
   forward(host: string, port: number): Promise<Duplex>;
+  /**
+   * A stream to the unix socket `socketPath` on the server (`direct-streamlocal@openssh.com`,
+   * like `ssh -L port:/path`), opened as the SSH user.
+   * @throws BatonError `CHANNEL_SOCKET_UNREACHABLE` when the server cannot or will not open it.
+   */
+  forwardLocal(socketPath: string): Promise<Duplex>;
   /** Ends every hop, last first, and resolves once all are closed. */
   close(): Promise<void>;
   /**
@@ -296,6 +302,18 @@ function readPrivateKey(key: string | Buffer, passphrase: string | undefined): P
 
 /** A `direct-tcpip` channel from `client` to `host:port`, bounded by the connect timeout. */
 function openChannel(client: SshClient, host: string, port: number, opts: SshOptions) {
+  return boundedOpen(opts, (cb) => client.forwardOut('127.0.0.1', 0, host, port, cb));
+}
+
+/** A `direct-streamlocal` channel from `client` to the socket `socketPath`, bounded likewise. */
+function openLocalChannel(client: SshClient, socketPath: string, opts: SshOptions) {
+  return boundedOpen(opts, (cb) => client.openssh_forwardOutStreamLocal(socketPath, cb));
+}
+
+function boundedOpen(
+  opts: SshOptions,
+  open: (cb: (err: Error | undefined, channel: ClientChannel) => void) => void,
+) {
   return new Promise<ClientChannel>((resolve, reject) => {
     const ms = opts.connectTimeoutMs ?? 15_000;
     let late = false;
@@ -304,7 +322,7 @@ function openChannel(client: SshClient, host: string, port: number, opts: SshOpt
       reject(new Error(`no answer in ${ms} ms`));
     }, ms).unref();
     try {
-      client.forwardOut('127.0.0.1', 0, host, port, (err, channel) => {
+      open((err, channel) => {
         clearTimeout(timer);
         if (late) channel?.destroy();
         else if (err) reject(err);
@@ -354,6 +372,25 @@ function connection(hops: Hop[], opts: SshOptions): SshConnection {
           `${target.name} could not connect to ${hostKeys.hostEntryName(host, port)} ` +
             `(${errorMessage(err)}): is the baton agent running and listening there, and is ` +
             'AllowTcpForwarding on in the server’s sshd_config?',
+        );
+      }
+    },
+    async forwardLocal(socketPath) {
+      const lost = () =>
+        new BatonError('CONNECTION_LOST', `the SSH connection to ${target.name} is closed`);
+      if (closing || ended) throw lost();
+      try {
+        return await openLocalChannel(target.client, socketPath, opts);
+      } catch (err) {
+        if (ended) throw lost();
+        // OpenSSH answers "open failed" alike for a missing socket and one the user may not
+        // open: the message names both.
+        throw new BatonError(
+          'CHANNEL_SOCKET_UNREACHABLE',
+          `${target.name} could not open the agent's socket ${socketPath} (${errorMessage(err)}): ` +
+            'is the baton agent running with channel.socket there, and may this SSH user open ' +
+            'it (root, or a member of channel.socketGroup)? AllowStreamLocalForwarding must be ' +
+            'on (the default) in the server’s sshd_config',
         );
       }
     },

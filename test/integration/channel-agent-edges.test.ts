@@ -164,7 +164,8 @@ describe('an agent started with bad channel files', () => {
         const tokenFile = path.join(tmp.dir, 'token');
         const t = batonSync(['agent', 'token', '--out', tokenFile]);
         assert.equal(t.status, 0, t.stderr);
-        const channel: Record<string, unknown> = { port: 0, tokenFile };
+        const socket = path.join(tmp.dir, 'channel.sock');
+        const channel: Record<string, unknown> = { socket, port: 0, tokenFile };
         if (code === 'TOKEN_INVALID') await chmod(tokenFile, 0o644);
         else {
           const [cert, key] = [path.join(tmp.dir, 'agent.crt'), path.join(tmp.dir, 'agent.key')];

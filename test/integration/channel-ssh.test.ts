@@ -39,8 +39,8 @@ describe('remote deploys through a real OpenSSH server', () => {
       sshd.clientKey.path,
       '--known-hosts',
       knownHosts,
-      '--agent-port',
-      String(ch.channelPort),
+      '--agent-socket',
+      ch.channelSocket,
       '--token-file',
       ch.tokenFile,
     ];
@@ -97,8 +97,8 @@ describe('remote deploys through a real OpenSSH server', () => {
       sshd.target,
       '-i',
       sshd.clientKey.path,
-      '--agent-port',
-      String(ch.channelPort),
+      '--agent-socket',
+      ch.channelSocket,
       '--token-file',
       ch.tokenFile,
     ];
@@ -182,8 +182,8 @@ describe('remote deploys through a real OpenSSH server', () => {
         sshd.clientKey.path,
         '--fingerprint',
         sshd.fingerprint,
-        '--agent-port',
-        String(ch.channelPort),
+        '--agent-socket',
+        ch.channelSocket,
         '--token-file',
         ch.tokenFile,
       ];

@@ -141,7 +141,9 @@ async function startProbe(
       stateDir: './state',
       trustedKeys: [publicKey],
       apps: [probeApp({ release: r0, ...app })],
-      ...(opts.channel && { channel: { port: 0, tokenFile } }),
+      ...(opts.channel && {
+        channel: { socket: path.join(tmp.dir, 'channel.sock'), port: 0, tokenFile },
+      }),
     });
     const agent = await startAgent(configFile);
     let channelPort = 0;

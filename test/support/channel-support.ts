@@ -87,8 +87,10 @@ export function batonAsync(args: string[], env: NodeJS.ProcessEnv = {}): CliRun 
 export interface ChannelAgent {
   dir: string;
   agent: RunningAgent;
-  /** The agent's channel port on 127.0.0.1. */
+  /** The agent's channel port on 127.0.0.1 (TCP, as these tests ask for explicitly). */
   channelPort: number;
+  /** The agent's channel socket (in the temp dir, root only). */
+  channelSocket: string;
   /** The `web` app's listener port. */
   appPort: number;
   token: string;
@@ -110,12 +112,14 @@ export interface ChannelAgent {
 }
 
 /**
- * An agent serving the `web` app from release r0, with a channel on a free loopback port, a
- * fresh token (0600) and a signing key it trusts. `channel` overrides channel settings.
+ * An agent serving the `web` app from release r0, with a channel on a socket in its temp dir
+ * and on a free loopback port, a fresh token (0600) and a signing key it trusts. `channel`
+ * overrides channel settings (`port: undefined`: the socket only, as the default config).
  */
 export async function startChannelAgent(
   channel: Record<string, unknown> = {},
   app: Record<string, unknown> = {},
+  agentOpts: Parameters<typeof startAgent>[1] = {},
 ): Promise<ChannelAgent> {
   const tmp = await tempDir();
   const keys = path.join(tmp.dir, 'keys');
@@ -126,25 +130,28 @@ export async function startChannelAgent(
   const t = batonSync(['agent', 'token', '--out', tokenFile]);
   if (t.status !== 0) throw new Error(t.stderr);
   const token = (await readFile(tokenFile, 'utf8')).trim();
+  const channelSocket = path.join(tmp.dir, 'channel.sock');
   const [r0] = await releases(tmp.dir, 'r0');
   const agent = await startAgent(
     await writeConfig(tmp.dir, {
       stateDir: './state',
       trustedKeys: [publicKey],
       apps: [webApp({ release: r0, keepReleases: 5, ...app })],
-      channel: { port: 0, tokenFile, ...channel },
+      channel: { socket: channelSocket, port: 0, tokenFile, ...channel },
     }),
+    agentOpts,
   );
   const listening = await agent.waitFor(
-    (rec) => rec.type === 'channel' && typeof rec.port === 'number',
+    (rec) => rec.type === 'channel' && typeof rec.socket === 'string',
     'channel listening',
   );
-  const channelPort = listening.port as number;
+  const channelPort = (listening.port as number | undefined) ?? 0;
   const appPort = listenerPort((await control(agent.socket, { method: 'status' })).result);
   return {
     dir: tmp.dir,
     agent,
     channelPort,
+    channelSocket,
     appPort,
     token,
     tokenFile,

@@ -78,21 +78,20 @@ export async function startAgent(
     expectFailure?: boolean;
     /** Variables set to the agent's own pid, as systemd sets WATCHDOG_PID. */
     ownPid?: string[];
+    /** The agent's limit on open files (soft and hard: Node raises the soft one to the hard). */
+    nofile?: number;
   } = {},
 ): Promise<RunningAgent> {
   const extra = opts.stdio ?? [];
   const argv = [process.execPath, CLI, 'agent', 'run', '--config', configFile];
   const names = opts.ownPid ?? [];
+  const limit = opts.nofile !== undefined ? `ulimit -n ${opts.nofile}; ` : '';
+  const vars = names.length
+    ? `${names.map((n) => `${n}=$$`).join(' ')}; export ${names.join(' ')}; `
+    : '';
   // Through a shell that execs: its $$ is the agent's pid.
-  const [file, ...args] = names.length
-    ? [
-        '/bin/sh',
-        '-c',
-        `${names.map((n) => `${n}=$$`).join(' ')}; export ${names.join(' ')}; exec "$@"`,
-        'agent',
-        ...argv,
-      ]
-    : argv;
+  const [file, ...args] =
+    limit || vars ? ['/bin/sh', '-c', `${limit}${vars}exec "$@"`, 'agent', ...argv] : argv;
   const proc = spawn(file!, args, {
     env: { ...process.env, ...opts.env },
     stdio: ['ignore', 'pipe', 'pipe', ...extra],

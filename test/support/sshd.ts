@@ -144,6 +144,8 @@ async function startOpenSsh(dir: string, log: string[]) {
         'PubkeyAuthentication yes',
         'PermitRootLogin prohibit-password',
         'AllowTcpForwarding yes',
+        // The default, said out loud: the channel is reached on the agent's unix socket.
+        'AllowStreamLocalForwarding yes',
         'X11Forwarding no',
         'PermitTTY no',
         'PrintMotd no',
@@ -183,7 +185,7 @@ async function startOpenSsh(dir: string, log: string[]) {
   }
 }
 
-/** ssh2's server with public-key login and `direct-tcpip`: only when sshd is missing. */
+/** ssh2's server with public-key login, `direct-tcpip` and `direct-streamlocal`: only when sshd is missing. */
 async function startSsh2Server(
   hostKey: KeyPair,
   authorized: string[],
@@ -206,6 +208,18 @@ async function startSsh2Server(
       if (ctx.signature === undefined) return ctx.accept();
       if (key.verify(ctx.blob!, ctx.signature, ctx.hashAlgo)) ctx.accept();
       else ctx.reject(['publickey']);
+    });
+    // direct-streamlocal@openssh.com: the agent's unix socket, as OpenSSH forwards to it.
+    conn.on('openssh.streamlocal', (accept, reject, info) => {
+      const sock = net.connect(info.socketPath);
+      sock.once('error', () => reject?.());
+      sock.once('connect', () => {
+        const channel = accept();
+        sock.removeAllListeners('error');
+        sock.on('error', () => channel.destroy());
+        channel.on('error', () => sock.destroy());
+        sock.pipe(channel).pipe(sock);
+      });
     });
     conn.on('tcpip', (accept, reject, info) => {
       const sock = net.connect(info.destPort, info.destIP);

@@ -18,6 +18,7 @@ import {
   makeToken,
   readTokenFile,
 } from '../../src/transport/auth.js';
+import { connectionCap, softFileLimit } from '../../src/transport/connection-gate.js';
 import { ChannelConfigSchema } from '../../src/transport/channel-config.js';
 import {
   DeploySession,
@@ -90,20 +91,38 @@ describe('channel auth', () => {
 });
 
 describe('channel config', () => {
-  it('listens on loopback by default and refuses another address without TLS', () => {
+  it('listens on the socket only by default, and refuses another TCP address without TLS', () => {
     const ok = ChannelConfigSchema.parse({ tokenFile: '/t' });
+    assert.equal(ok.socket, '/run/baton/channel.sock');
+    assert.equal(ok.port, undefined);
     assert.equal(ok.host, '127.0.0.1');
-    assert.equal(ok.port, 7701);
-    assert.ok(!ChannelConfigSchema.safeParse({ tokenFile: '/t', host: '0.0.0.0' }).success);
+    assert.ok(ChannelConfigSchema.safeParse({ tokenFile: '/t', port: 7701 }).success);
+    assert.ok(
+      !ChannelConfigSchema.safeParse({ tokenFile: '/t', host: '0.0.0.0', port: 7701 }).success,
+    );
     assert.ok(
       ChannelConfigSchema.safeParse({
         tokenFile: '/t',
         host: '0.0.0.0',
+        port: 7701,
         tls: { cert: 'c', key: 'k' },
       }).success,
     );
     assert.ok(!ChannelConfigSchema.safeParse({ tokenFile: '/t', maxPayload: 10 }).success);
     assert.ok(!ChannelConfigSchema.safeParse({ tokenFile: '/t', extra: 1 }).success);
+  });
+
+  it('keeps a quarter of the file limit (at least 256 fds) out of the channel’s reach', () => {
+    assert.equal(
+      softFileLimit('Max open files            1024                 4096                 files\n'),
+      1024,
+    );
+    assert.equal(connectionCap(256, 1024), 256);
+    assert.equal(connectionCap(1000, 1024), 768);
+    assert.equal(connectionCap(100_000, 40_000), 30_000);
+    assert.equal(connectionCap(256, 512), 256);
+    assert.equal(connectionCap(256, 300), 150);
+    assert.equal(connectionCap(256, undefined), 256);
   });
 });
 
