@@ -1,5 +1,5 @@
 import assert from 'node:assert/strict';
-import { mkdir, readdir, readFile, rename, rmdir, symlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import type { Manifest } from '../../src/artifact/manifest.js';
@@ -98,9 +98,9 @@ describe('release store layout', () => {
       // record releases/x1.json.json.
       const releasesDir = path.join(root, 'releases');
       const recordsDir = path.join(root, 'records');
-      for (const name of await readdir(recordsDir))
+      for (const name of await readdir(recordsDir).catch(() => []))
         await rename(path.join(recordsDir, name), path.join(releasesDir, name));
-      await rmdir(recordsDir);
+      await rm(recordsDir, { recursive: true, force: true });
       const old = await artifact('old-json', new Date(t + 3000), 'x1.json');
       await mkdir(path.join(releasesDir, 'x1.json'));
       await writeFile(path.join(releasesDir, 'x1.json', 'VERSION'), 'x1.json');
@@ -110,13 +110,6 @@ describe('release store layout', () => {
       );
 
       const reopened = await open();
-      assert.deepEqual((await readdir(recordsDir)).sort(), [
-        'r1.json',
-        'r2.json',
-        'r3.json',
-        'x1.json.json',
-      ]);
-      assert.deepEqual((await readdir(releasesDir)).sort(), ['r1', 'r2', 'r3', 'x1.json']);
       assert.deepEqual(
         (await reopened.list('r3', 'r2')).map((r) => `${r.id}:${r.status}`),
         ['x1.json:kept', 'r3:current', 'r2:previous', 'r1:kept'],
@@ -134,6 +127,16 @@ describe('release store layout', () => {
       );
       const xj = await reopened.get('x1.json');
       assert.equal(await readFile(path.join(xj.dir, 'VERSION'), 'utf8'), 'x1.json');
+
+      // Where the records went.
+      assert.deepEqual((await readdir(recordsDir)).sort(), [
+        'r1.json',
+        'r2.json',
+        'r3.json',
+        'x1.json',
+        'x1.json.json',
+      ]);
+      assert.deepEqual((await readdir(releasesDir)).sort(), ['r1', 'r2', 'r3', 'x1', 'x1.json']);
 
       // Pruning works on the migrated store: keep 2, plus current and previous.
       const { removed } = await reopened.prune('r3', 'r2');
