@@ -172,6 +172,7 @@ export class ReleaseStore {
   /** Import and prepare as one step, never at the same time as a prune of this store. */
   add(file: string, signed: SignedManifest): Promise<StoredRelease> {
     return this.exclusive(async () => {
+      checkStorableReleaseId(signed.manifest.releaseId);
       const copied = await this.importFile(file, signed.manifest.archive);
       return this.prepare(signed, undefined, copied);
     });
@@ -189,6 +190,7 @@ export class ReleaseStore {
   ): Promise<StoredRelease & { uploadedBytes: number }> {
     return this.exclusive(async () => {
       this.checkManifest(signed);
+      checkStorableReleaseId(signed.manifest.releaseId);
       const { archive } = signed.manifest;
       // Refused before the client is asked for a byte.
       this.checkSize(archive.size);

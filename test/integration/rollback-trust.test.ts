@@ -253,6 +253,7 @@ describe('release ids ending in .json', () => {
         ...ch.direct,
       ]);
       assert.equal(errorCodeOf(r.stderr), 'RELEASE_ID_INVALID', r.stderr);
+      assert.equal(outcomeOf(r.stdout).uploadedBytes, 0, 'refused before the upload');
       assert.match((await get(ch.appPort)).body, /^z1 /);
 
       const listed = releasesOf(ch, ch.direct);

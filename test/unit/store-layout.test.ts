@@ -60,6 +60,11 @@ describe('release store layout', () => {
           ),
         'RELEASE_ID_INVALID',
       );
+      assert.equal(
+        (await readdir(store.artifacts)).length,
+        1,
+        'refused before its archive is copied',
+      );
       const got = await store.get('x1');
       assert.equal(await readFile(path.join(got.dir, 'VERSION'), 'utf8'), 'x1');
       assert.deepEqual(
