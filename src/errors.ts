@@ -50,11 +50,17 @@ export type ErrorCode =
   | 'SIGNATURE_MISSING'
   | 'SIGNATURE_INVALID'
   | 'KEY_UNKNOWN'
+  /** A stored release signed with a key the agent trusted once but no longer does. */
+  | 'KEY_REVOKED'
   | 'KEY_INVALID'
   | 'MANIFEST_INVALID'
   | 'APP_CONFIG_INVALID'
   | 'RELEASE_UNKNOWN'
   | 'RELEASE_EXISTS'
+  /** A release marked failed, switched to without `force`. */
+  | 'RELEASE_FAILED'
+  /** A release id the store cannot keep apart from its own files (e.g. one ending in .json). */
+  | 'RELEASE_ID_INVALID'
   // the channel between client and agent
   | 'PROTOCOL_MISMATCH'
   | 'PROTOCOL_VIOLATION'

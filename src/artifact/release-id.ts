@@ -27,6 +27,20 @@ export function makeReleaseId(
   return `${stamp}-${hex.slice(0, 7).toLowerCase()}`;
 }
 
+/**
+ * Refuses a release id the store could confuse with its own files: one ending in `.json`, the
+ * suffix of its release records. The store keeps records in a folder of their own, so today
+ * nothing collides; the rule stays so that no store laid out the old way (records beside the
+ * release folders, migrated at start), nor a tool reading one, can mistake a release for a record.
+ */
+export function checkStorableReleaseId(id: string): void {
+  if (/\.json$/i.test(id))
+    throw new BatonError(
+      'RELEASE_ID_INVALID',
+      `release id "${id}" ends in .json, which the release store keeps for its records; choose an id without that ending (the default, YYYYMMDD-HHMMSS-<sha>, never has it)`,
+    );
+}
+
 export interface ManifestInput {
   app: string;
   releaseId: string;
@@ -38,6 +52,7 @@ export interface ManifestInput {
 
 /** Builds and validates the manifest of a packed archive. */
 export function buildManifest(input: ManifestInput): Manifest {
+  checkStorableReleaseId(input.releaseId);
   const parsed = ManifestSchema.safeParse({
     version: 1,
     app: input.app,

@@ -1,29 +1,20 @@
 import { randomBytes, createHash } from 'node:crypto';
 import { createReadStream, createWriteStream } from 'node:fs';
-import { lstat, mkdir, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { z } from 'zod';
-import { BatonError } from '../errors.js';
-import { formatIssues } from '../supervisor/config.js';
-import { ManifestSchema, SignatureSchema, type Manifest, type SignedManifest } from './manifest.js';
+import { BatonError, errorCode, errorMessage, type ErrorCode } from '../errors.js';
+import { canonicalJson, ReleaseIdSchema, type Manifest, type SignedManifest } from './manifest.js';
+import { checkStorableReleaseId } from './release-id.js';
+import {
+  ReleaseRecords,
+  releaseFileName,
+  unknownRelease,
+  type ReleaseRecord,
+} from './release-records.js';
 import { verifyArchiveDigest, verifyManifest } from './sign.js';
 import { isUnpackTempDir, unpackRelease, type UnpackLimits } from './unpack.js';
-
-/** What the store keeps beside each unpacked release. */
-const ReleaseRecordSchema = z
-  .object({
-    manifest: ManifestSchema,
-    signature: SignatureSchema.optional(),
-    preparedAt: z.string(),
-    failed: z
-      .object({ at: z.string(), reason: z.string().max(2000) })
-      .strict()
-      .optional(),
-  })
-  .strict();
-type ReleaseRecord = z.infer<typeof ReleaseRecordSchema>;
 
 export interface StoreOptions {
   /** The app's folder in the agent's state directory. */
@@ -58,8 +49,21 @@ export interface ReleaseInfo {
   digest: string;
   createdAt: string;
   gitSha: string | undefined;
-  status: 'current' | 'previous' | 'failed' | 'kept';
+  /**
+   * `untrusted`: its signature no longer verifies with the agent's trusted keys (or it is
+   * unsigned and unsigned artifacts are no longer allowed); it is not switched to again. Only
+   * `current` goes before it: what runs is never stopped for that.
+   */
+  status: 'current' | 'previous' | 'untrusted' | 'failed' | 'kept';
   failedReason: string | undefined;
+  /** Why it is `untrusted` (also for the current release, which keeps that status). */
+  untrustedReason: string | undefined;
+}
+
+/** Asks for a release the store holds. */
+export interface GetOptions {
+  /** Take a release marked failed all the same. Never skips the signature check. */
+  force?: boolean;
 }
 
 /**
@@ -70,23 +74,43 @@ export interface ReleaseInfo {
 export class ReleaseStore {
   readonly artifacts: string;
   readonly releases: string;
+  /**
+   * One JSON file per release, apart from the release folders: an id can never name both a
+   * release and another release's record (an id `X.json` once turned X's record into a folder).
+   */
+  private readonly records: ReleaseRecords;
   private readonly tmp: string;
 
   constructor(private readonly opts: StoreOptions) {
     this.artifacts = path.join(opts.root, 'artifacts');
     this.releases = path.join(opts.root, 'releases');
     this.tmp = path.join(opts.root, 'tmp');
+    this.records = new ReleaseRecords(path.join(opts.root, 'records'), this.tmp);
   }
 
-  /** Creates the folders and clears what an interrupted upload or unpack left in tmp/. */
+  /**
+   * Creates the folders, moves records from where older stores kept them, and clears what an
+   * interrupted upload or unpack left in tmp/.
+   */
   async init(): Promise<void> {
     await rm(this.tmp, { recursive: true, force: true });
     for (const dir of [this.artifacts, this.releases, this.tmp])
       await mkdir(dir, { recursive: true, mode: 0o755 });
+    await this.records.init(this.releases);
     // An unpack killed halfway leaves its hidden temp dir beside the releases.
     for (const name of await readdir(this.releases))
       if (isUnpackTempDir(name))
         await rm(path.join(this.releases, name), { recursive: true, force: true });
+  }
+
+  private releaseDir(id: string): string {
+    return path.join(this.releases, releaseFileName(id));
+  }
+
+  /** Whether `dir` lies in this store's releases folder. */
+  holds(dir: string): boolean {
+    const rel = path.relative(this.releases, path.resolve(dir));
+    return rel === '' || (rel.split(path.sep)[0] !== '..' && !path.isAbsolute(rel));
   }
 
   private archivePath(sha256: string): string {
@@ -148,6 +172,7 @@ export class ReleaseStore {
   /** Import and prepare as one step, never at the same time as a prune of this store. */
   add(file: string, signed: SignedManifest): Promise<StoredRelease> {
     return this.exclusive(async () => {
+      checkStorableReleaseId(signed.manifest.releaseId);
       const copied = await this.importFile(file, signed.manifest.archive);
       return this.prepare(signed, undefined, copied);
     });
@@ -165,6 +190,7 @@ export class ReleaseStore {
   ): Promise<StoredRelease & { uploadedBytes: number }> {
     return this.exclusive(async () => {
       this.checkManifest(signed);
+      checkStorableReleaseId(signed.manifest.releaseId);
       const { archive } = signed.manifest;
       // Refused before the client is asked for a byte.
       this.checkSize(archive.size);
@@ -222,8 +248,9 @@ export class ReleaseStore {
     justReceived = false,
   ): Promise<StoredRelease> {
     const manifest = this.checkManifest(signed);
-    const dir = path.join(this.releases, manifest.releaseId);
-    const existing = await this.record(manifest.releaseId);
+    checkStorableReleaseId(manifest.releaseId);
+    const dir = this.releaseDir(manifest.releaseId);
+    const existing = await this.records.read(manifest.releaseId);
     if (existing) {
       if (existing.manifest.archive.sha256 !== manifest.archive.sha256)
         throw new BatonError(
@@ -231,6 +258,18 @@ export class ReleaseStore {
           `release ${manifest.releaseId} already exists with other contents; give the new build another release id`,
         );
       if (await stat(dir).catch(() => undefined)) {
+        // Signed again (say with a new key, the old one revoked): the record keeps the
+        // signature that verifies now, so the release can be rolled back to later.
+        if (
+          signed.signature &&
+          canonicalJson({ m: existing.manifest, s: existing.signature }) !==
+            canonicalJson({ m: manifest, s: signed.signature })
+        )
+          await this.records.write(manifest.releaseId, {
+            ...existing,
+            manifest,
+            signature: signed.signature,
+          });
         step('unpacked', 0, `${dir} (unpacked before)`);
         return { id: manifest.releaseId, dir, manifest };
       }
@@ -255,61 +294,91 @@ export class ReleaseStore {
       signature: signed.signature,
       preparedAt: new Date().toISOString(),
     };
-    await this.writeRecord(manifest.releaseId, record);
+    await this.records.write(manifest.releaseId, record);
     return { id: manifest.releaseId, dir, manifest };
   }
 
-  private recordPath(id: string): string {
-    return path.join(this.releases, `${id}.json`);
-  }
-
-  private async record(id: string): Promise<ReleaseRecord | undefined> {
-    const text = await readFile(this.recordPath(id), 'utf8').catch(() => undefined);
-    if (text === undefined) return undefined;
-    const parsed = ReleaseRecordSchema.safeParse(JSON.parse(text));
-    if (!parsed.success)
+  /**
+   * A release the store holds, to switch to again (a rollback, a redeploy by name): no upload.
+   * Checked at every use against the agent's config as it is now, not as it was when the
+   * release came: its stored signature must verify with a key still trusted (a key removed
+   * from trustedKeys revokes what it signed), and a release marked failed is refused unless
+   * `force`, which never skips the signature.
+   */
+  async get(id: string, opts: GetOptions = {}): Promise<StoredRelease> {
+    if (!ReleaseIdSchema.safeParse(id).success) throw unknownRelease(id);
+    const record = await this.records.read(id);
+    const dir = this.releaseDir(id);
+    if (!record || !(await stat(dir).catch(() => undefined))?.isDirectory())
+      throw unknownRelease(id);
+    const distrust = this.distrust(record);
+    if (distrust)
       throw new BatonError(
-        'MANIFEST_INVALID',
-        `release record ${this.recordPath(id)} is damaged: ${formatIssues(parsed.error)}`,
+        distrust.code,
+        `release ${id} is ${distrust.reason}: it stays on disk but is not switched to again. Deploy a build signed with a key the agent trusts (this one, signed again, uploads nothing: the host has its archive)${distrust.code === 'KEY_REVOKED' ? ', or put the key back in trustedKeys and restart the agent if removing it was a mistake' : ''}`,
       );
-    return parsed.data;
-  }
-
-  private async writeRecord(id: string, record: ReleaseRecord): Promise<void> {
-    const tmp = path.join(this.tmp, `record-${process.pid}-${randomBytes(6).toString('hex')}`);
-    await writeFile(tmp, JSON.stringify(record, null, 2) + '\n');
-    await rename(tmp, this.recordPath(id));
-  }
-
-  /** A release the store holds, for a rollback or a redeploy: no upload. */
-  async get(id: string): Promise<StoredRelease> {
-    const record = await this.record(id);
-    const dir = path.join(this.releases, id);
-    if (!record || !(await stat(dir).catch(() => undefined)))
+    if (record.failed && opts.force !== true)
       throw new BatonError(
-        'RELEASE_UNKNOWN',
-        `no release "${id}" on this host; see "baton releases" for what is kept`,
+        'RELEASE_FAILED',
+        `release ${id} was marked failed at ${record.failed.at}: ${record.failed.reason}; deploy a fixed build, or pass --force to roll back to it anyway`,
       );
     return { id, dir, manifest: record.manifest };
   }
 
-  async markFailed(id: string, reason: string): Promise<void> {
-    const record = await this.record(id);
-    if (!record) return;
-    record.failed = { at: new Date().toISOString(), reason: reason.slice(0, 2000) };
-    await this.writeRecord(id, record);
+  /**
+   * Why a stored release is not trusted now, or undefined: its stored signature checked
+   * against the keys the agent trusts now (and whether it still allows unsigned ones).
+   */
+  private distrust(record: ReleaseRecord): { code: ErrorCode; reason: string } | undefined {
+    try {
+      this.checkManifest({
+        manifest: record.manifest,
+        ...(record.signature && { signature: record.signature }),
+      });
+      return undefined;
+    } catch (err) {
+      const code = errorCode(err);
+      if (code === 'KEY_UNKNOWN')
+        return {
+          code: 'KEY_REVOKED',
+          reason: `signed with key ${record.signature?.keyId}, which is no longer in trustedKeys`,
+        };
+      if (code === 'SIGNATURE_MISSING')
+        return { code, reason: 'unsigned, and this agent no longer allows unsigned artifacts' };
+      return {
+        code: err instanceof BatonError ? err.code : 'SIGNATURE_INVALID',
+        reason: errorMessage(err),
+      };
+    }
+  }
+
+  markFailed(id: string, reason: string): Promise<void> {
+    return this.exclusive(async () => {
+      const record = await this.records.read(id);
+      if (!record) return;
+      record.failed = { at: new Date().toISOString(), reason: reason.slice(0, 2000) };
+      await this.records.write(id, record);
+    });
+  }
+
+  /** A release that served after all (a forced rollback, a retried deploy) is failed no more. */
+  markServed(id: string): Promise<void> {
+    return this.exclusive(async () => {
+      const record = await this.records.read(id);
+      if (!record?.failed) return;
+      delete record.failed;
+      await this.records.write(id, record);
+    });
   }
 
   /** Every release, newest first. */
   async list(current: string | undefined, previous: string | undefined): Promise<ReleaseInfo[]> {
-    const names = (await readdir(this.releases).catch(() => [] as string[])).filter((n) =>
-      n.endsWith('.json'),
-    );
+    const ids = await this.records.ids();
     const infos: ReleaseInfo[] = [];
-    for (const name of names) {
-      const id = name.slice(0, -'.json'.length);
-      const record = await this.record(id);
+    for (const id of ids) {
+      const record = await this.records.read(id);
       if (!record) continue;
+      const untrustedReason = this.distrust(record)?.reason;
       infos.push({
         id,
         digest: record.manifest.archive.sha256,
@@ -318,12 +387,15 @@ export class ReleaseStore {
         status:
           id === current
             ? 'current'
-            : id === previous
-              ? 'previous'
-              : record.failed
-                ? 'failed'
-                : 'kept',
+            : untrustedReason !== undefined
+              ? 'untrusted'
+              : id === previous
+                ? 'previous'
+                : record.failed
+                  ? 'failed'
+                  : 'kept',
         failedReason: record.failed?.reason,
+        untrustedReason,
       });
     }
     return infos.sort((a, b) =>
@@ -351,10 +423,23 @@ export class ReleaseStore {
     let bytesFreed = 0;
     for (const r of all) {
       if (keepIds.has(r.id)) continue;
-      bytesFreed += await du(path.join(this.releases, r.id));
-      await rm(path.join(this.releases, r.id), { recursive: true, force: true });
-      await rm(this.recordPath(r.id), { force: true });
+      bytesFreed += await du(this.releaseDir(r.id));
+      await rm(this.releaseDir(r.id), { recursive: true, force: true });
+      await this.records.remove(r.id);
       removed.push(r.id);
+    }
+    // A release folder with no record is nothing the store can deploy: left by a store that an
+    // id ending in .json damaged under the old layout, or put there by hand. Gone too, unless
+    // the state still names it (what runs is never touched).
+    const recorded = new Set(all.map((r) => r.id));
+    for (const name of await readdir(this.releases)) {
+      if (recorded.has(name) || keepIds.has(name) || isUnpackTempDir(name)) continue;
+      if (!ReleaseIdSchema.safeParse(name).success) continue;
+      const dir = this.releaseDir(name);
+      if (!(await lstat(dir).catch(() => undefined))?.isDirectory()) continue;
+      bytesFreed += await du(dir);
+      await rm(dir, { recursive: true, force: true });
+      removed.push(name);
     }
     const used = new Set(all.filter((r) => keepIds.has(r.id)).map((r) => r.digest));
     for (const name of await readdir(this.artifacts)) {

@@ -217,12 +217,12 @@ export async function agentDeployArtifact(
 
 export async function agentRollback(
   configFile: string,
-  opts: { app: string; to: string | undefined; json: boolean; quiet: boolean },
+  opts: { app: string; to: string | undefined; force: boolean; json: boolean; quiet: boolean },
   out: Output,
 ): Promise<void> {
   const result = (await controlRequest(
     await socketOf(configFile),
-    { method: 'rollback', app: opts.app, to: opts.to },
+    { method: 'rollback', app: opts.app, to: opts.to, ...(opts.force && { force: true }) },
     (e) => !opts.json && !opts.quiet && out.line(formatEvent(e)),
   )) as StoreDeployResult;
   printResults([result], opts.json, out);
@@ -252,6 +252,6 @@ export function printReleases(
   if (releases.length === 0) return out.line(`${app}: no releases in the store`);
   for (const r of releases)
     out.line(
-      `${r.id.padEnd(28)} ${r.status.padEnd(8)} ${r.digest.slice(0, 12)}  ${r.createdAt}  ${r.gitSha ?? ''}${r.failedReason ? `  (${r.failedReason})` : ''}`,
+      `${r.id.padEnd(28)} ${r.status.padEnd(9)} ${r.digest.slice(0, 12)}  ${r.createdAt}  ${r.gitSha ?? ''}${r.untrustedReason ? `  (${r.untrustedReason})` : r.failedReason ? `  (${r.failedReason})` : ''}`,
     );
 }

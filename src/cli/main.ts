@@ -28,8 +28,10 @@ const USAGE = `usage: baton <command>
          [--release-id ID] [--git-sha SHA] [--deploy-id ID]
                                               pack (a directory) and sign, upload if the host
                                               lacks it, hand over; live progress
-  rollback --app NAME [--to RELEASE] (--host … | --agent …)
-                                              back to the previous (or a kept) release
+  rollback --app NAME [--to RELEASE] [--force] (--host … | --agent …)
+                                              back to the previous (or a kept) release;
+                                              --force: even one marked failed (never one
+                                              whose signing key is no longer trusted)
   releases --app NAME (--host … | --agent …)  the releases the host keeps
   status (--host … | --agent …)               apps, releases, generations on the host
     (rollback, releases and status without --host/--agent: this host's agent, as \`baton agent …\`)
@@ -47,8 +49,9 @@ const USAGE = `usage: baton <command>
                               hand over to a release directory on this host
     deploy --app NAME --artifact FILE.tar.gz [--manifest FILE]
                               verify, store, unpack and hand over to a packed artifact
-    rollback --app NAME [--to RELEASE]
-                              hand over to the previous (or a kept) release: no upload
+    rollback --app NAME [--to RELEASE] [--force]
+                              hand over to the previous (or a kept) release: no upload;
+                              --force: even one marked failed
                               (also: baton rollback)
     releases --app NAME [--json]
                               list the releases the host keeps (also: baton releases)
@@ -139,7 +142,10 @@ async function main(argv: string[]): Promise<void> {
   if (isRemote(values) && (group === 'rollback' || group === 'releases' || group === 'status')) {
     if (group === 'rollback') {
       if (!values.app) throw new BatonError('USAGE', 'rollback needs --app NAME');
-      return remoteRollback({ app: values.app, to: values.to, remote: values, ...flags }, out);
+      return remoteRollback(
+        { app: values.app, to: values.to, force: values.force, remote: values, ...flags },
+        out,
+      );
     }
     if (group === 'releases') {
       if (!values.app) throw new BatonError('USAGE', 'releases needs --app NAME');
@@ -204,7 +210,13 @@ async function main(argv: string[]): Promise<void> {
       if (!values.app) throw new BatonError('USAGE', 'rollback needs --app NAME');
       return agentRollback(
         config,
-        { app: values.app, to: values.to, json: values.json, quiet: values.quiet },
+        {
+          app: values.app,
+          to: values.to,
+          force: values.force,
+          json: values.json,
+          quiet: values.quiet,
+        },
         out,
       );
     case 'releases':

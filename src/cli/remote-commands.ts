@@ -150,9 +150,9 @@ export async function remoteDeploy(
   }
 }
 
-/** `baton rollback --app NAME [--to RELEASE] (--host … | --agent …)`. */
+/** `baton rollback --app NAME [--to RELEASE] [--force] (--host … | --agent …)`. */
 export function remoteRollback(
-  opts: { app: string; to?: string; remote: RemoteValues } & RemoteFlags,
+  opts: { app: string; to?: string; force?: boolean; remote: RemoteValues } & RemoteFlags,
   out: Output,
   env: NodeJS.ProcessEnv = process.env,
 ): Promise<void> {
@@ -161,6 +161,7 @@ export function remoteRollback(
       kind: 'rollback',
       ...base,
       ...(opts.to !== undefined && { to: opts.to }),
+      ...(opts.force === true && { force: true }),
     }),
   );
 }

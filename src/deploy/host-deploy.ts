@@ -22,7 +22,15 @@ export type HostPlan =
       archive: string;
       origin: DeployOrigin;
     }
-  | { kind: 'rollback'; deployId: string; app: string; to?: string; origin: DeployOrigin };
+  | {
+      kind: 'rollback';
+      deployId: string;
+      app: string;
+      to?: string;
+      /** Take a release marked failed all the same (its signature is checked still). */
+      force?: boolean;
+      origin: DeployOrigin;
+    };
 
 /** Where a host's progress goes: the CLI prints it, the action groups it per host. */
 export interface HostReporter {
@@ -126,6 +134,8 @@ function follow(
           deployId: plan.deployId,
           app: plan.app,
           ...(plan.to !== undefined && { to: plan.to }),
+          // Only when set: an agent from before the field refuses any message that has it.
+          ...(plan.force === true && { force: true }),
           origin: plan.origin,
         });
     };

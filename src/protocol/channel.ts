@@ -78,6 +78,12 @@ export const RollbackRequestSchema = z
     app: AppName,
     /** A release the host keeps; the previous release when left out. */
     to: ReleaseIdSchema.optional(),
+    /**
+     * Roll back to a release marked failed all the same. Never skips the check of its stored
+     * signature against the keys the agent trusts now. Sent only when true, so that agents
+     * from before it still take every other rollback.
+     */
+    force: z.boolean().optional(),
     origin: DeployOriginSchema,
   })
   .strict();

@@ -42,6 +42,8 @@ export const ControlRequestSchema = z.discriminatedUnion('method', [
         .string()
         .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$/)
         .optional(),
+      /** Roll back to a release marked failed all the same; its signature is checked still. */
+      force: z.boolean().optional(),
     })
     .strict(),
   z.object({ id: Id, method: z.literal('releases'), app: z.string().min(1) }).strict(),

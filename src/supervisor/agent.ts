@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import type { SignedManifest } from '../artifact/manifest.js';
 import { MAX_MANIFEST_BYTES, parseSignedManifest } from '../artifact/sign.js';
-import { ReleaseStore, type ReleaseInfo } from '../artifact/store.js';
+import { ReleaseStore, type GetOptions, type ReleaseInfo } from '../artifact/store.js';
 import { BatonError, errorCode, errorMessage } from '../errors.js';
 import { report, type Reporter, type SupervisorEvent } from '../protocol/events.js';
 import { preflight } from './preflight.js';
@@ -301,8 +301,12 @@ export class Agent {
     return { ...result, uploadedBytes: release.uploadedBytes };
   }
 
-  /** Hands over to the previous release (or a named one) that the host still has: no upload. */
-  async rollback(app: string, to?: string): Promise<StoreDeployResult> {
+  /**
+   * Hands over to the previous release (or a named one) that the host still has: no upload.
+   * The store checks it as it is now (its signature against the keys trusted now, and whether
+   * it failed: `force` takes a failed one all the same); what runs meanwhile is not touched.
+   */
+  async rollback(app: string, to?: string, opts: GetOptions = {}): Promise<StoreDeployResult> {
     const sup = this.supervisor(app);
     const store = this.stores.get(app)!;
     const { release: current, previous } = sup.status();
@@ -314,14 +318,21 @@ export class Agent {
       );
     if (id === current?.id)
       throw new BatonError('RELEASE_UNKNOWN', `${id} is already the current release of ${app}`);
+    let stored;
     try {
-      const stored = await store.get(id);
-      return await this.deployStored(sup, store, stored.id, stored.dir, true);
+      stored = await store.get(id, opts);
     } catch (err) {
-      // A release deployed from a plain directory is not in the store, but the state knows it.
-      if (errorCode(err) !== 'RELEASE_UNKNOWN' || previous?.id !== id) throw err;
+      // The previous release, deployed from a plain directory (`baton agent deploy --release`),
+      // never went through the store: nobody signed it, so no key can revoke it, and it could
+      // not be marked failed (it served until the current one replaced it). Whoever holds the
+      // control socket put it there and could deploy it again directly; the channel reaches only
+      // this one, the state's previous. A folder inside the store whose record is gone is not
+      // such a release: refused, never switched to unchecked.
+      if (errorCode(err) !== 'RELEASE_UNKNOWN' || previous?.id !== id || store.holds(previous.dir))
+        throw err;
       return this.deployStored(sup, store, previous.id, previous.dir, false);
     }
+    return this.deployStored(sup, store, stored.id, stored.dir, true);
   }
 
   async releases(app: string): Promise<ReleaseInfo[]> {
@@ -345,17 +356,24 @@ export class Agent {
       throw err;
     }
     const { release, previous } = sup.status();
-    try {
-      return { ...result, pruned: await store.prune(release?.id, previous?.id) };
-    } catch (err) {
-      // The new release serves: a deploy that did its work is not reported failed for the
-      // housekeeping after it. The next deploy prunes again.
+    // The new release serves: a deploy that did its work is not reported failed for the
+    // housekeeping after it. The next deploy prunes again.
+    const housekeeping = (what: string, err: unknown) =>
       report(this.reporter, {
         type: 'log',
         app: sup.app.name,
         source: 'store',
-        line: `removing old releases failed (the deploy itself succeeded): ${errorMessage(err)}`,
+        line: `${what} failed (the deploy itself succeeded): ${errorMessage(err)}`,
       });
+    // It serves now, whatever it did before: a later rollback to it needs no --force.
+    if (inStore)
+      await store
+        .markServed(id)
+        .catch((err: unknown) => housekeeping(`clearing ${id}'s failed mark`, err));
+    try {
+      return { ...result, pruned: await store.prune(release?.id, previous?.id) };
+    } catch (err) {
+      housekeeping('removing old releases', err);
       return { ...result, pruned: { removed: [], bytesFreed: 0 } };
     }
   }

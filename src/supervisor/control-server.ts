@@ -157,7 +157,7 @@ export class ControlServer {
       case 'deploy-artifact':
         return this.agent.deployArtifact(req.app, req.archive, req.manifest);
       case 'rollback':
-        return this.agent.rollback(req.app, req.to);
+        return this.agent.rollback(req.app, req.to, { force: req.force === true });
       case 'releases':
         return this.agent.releases(req.app);
       case 'reload':

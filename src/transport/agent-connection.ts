@@ -281,7 +281,9 @@ export class AgentConnection {
       app: req.app,
       origin: req.origin,
       subject:
-        req.type === 'deploy' ? req.manifest.manifest.archive.sha256 : (req.to ?? 'previous'),
+        req.type === 'deploy'
+          ? req.manifest.manifest.archive.sha256
+          : `${req.to ?? 'previous'}${req.force === true ? ' (forced)' : ''}`,
     };
     const { registry } = this.deps;
     let existing = registry.get(req.deployId);

@@ -46,7 +46,10 @@ export function channelAgent(agent: Agent): ChannelAgent {
                 asked = bytes;
                 return upload(bytes);
               })
-            : { ...(await agent.rollback(app, req.to)), uploadedBytes: 0 };
+            : {
+                ...(await agent.rollback(app, req.to, { force: req.force === true })),
+                uploadedBytes: 0,
+              };
         return session.finish({
           releaseId: result.releaseId,
           previousReleaseId: result.previousReleaseId,
