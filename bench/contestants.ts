@@ -4,7 +4,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { controlRequest } from '../src/cli/control-client.js';
-import type { DeployResult } from '../src/supervisor/app-supervisor.js';
+import type { DeployResult } from '../src/protocol/results.js';
 import {
   FIXTURES,
   listenerPort,

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import type { ZlibOptions } from 'node:zlib';
 import { Pack } from 'tar';
-import type { SignedManifest } from '../src/artifact/manifest.js';
+import type { SignedManifest } from '../src/protocol/manifest.js';
 import { buildManifest, makeReleaseId } from '../src/artifact/release-id.js';
 import { parseSignedManifest, signManifest } from '../src/artifact/sign.js';
 import { FIXTURES } from '../test/support/harness.js';

@@ -1,3 +1,4 @@
+import type { z } from 'zod';
 /**
  * baton's error type: a stable `code` for programs and tests, a message for people that says
  * what was wrong and what to do.
@@ -107,4 +108,16 @@ export function errorCode(err: unknown): string | undefined {
   if (err instanceof BatonError) return err.code;
   if (err instanceof Error && 'code' in err && typeof err.code === 'string') return err.code;
   return undefined;
+}
+
+/** One line per problem, each naming the field: `apps.0.listeners.1.tcp: …`. */
+export function formatIssues(error: z.ZodError): string {
+  return error.issues
+    .map((issue) => {
+      const where = issue.path.length ? issue.path.join('.') : '(top level)';
+      if (issue.code === 'unrecognized_keys')
+        return `${where}: unknown field${issue.keys.length > 1 ? 's' : ''} ${issue.keys.map((k) => `"${k}"`).join(', ')}`;
+      return `${where}: ${issue.message}`;
+    })
+    .join('; ');
 }

@@ -2,8 +2,8 @@ import { open } from 'node:fs/promises';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { BatonError, errorMessage } from '../errors.js';
-import { AppSchema, formatIssues } from '../supervisor/config.js';
+import { BatonError, errorMessage, formatIssues } from '../errors.js';
+import { AppSchema } from '../protocol/app-schema.js';
 
 /** The app's deploy config travels inside the artifact, at its root, under this name. */
 export const APP_CONFIG_FILE = 'baton.yml';

@@ -1,9 +1,8 @@
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BatonError } from '../errors.js';
-import { formatIssues } from '../supervisor/config.js';
-import { ManifestSchema, type Manifest } from './manifest.js';
+import { BatonError, formatIssues } from '../errors.js';
+import { ManifestSchema, type Manifest } from '../protocol/manifest.js';
 
 const HEX = /^[0-9a-f]{7,64}$/i;
 

@@ -2,9 +2,8 @@ import { randomBytes } from 'node:crypto';
 import { lstat, mkdir, readFile, readdir, rename, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { BatonError, errorMessage } from '../errors.js';
-import { formatIssues } from '../supervisor/config.js';
-import { ManifestSchema, ReleaseIdSchema, SignatureSchema } from './manifest.js';
+import { BatonError, errorMessage, formatIssues } from '../errors.js';
+import { ManifestSchema, ReleaseIdSchema, SignatureSchema } from '../protocol/manifest.js';
 
 /** What the store keeps of each release besides its unpacked tree. */
 export const ReleaseRecordSchema = z

@@ -7,14 +7,13 @@ import {
   verify,
   type KeyObject,
 } from 'node:crypto';
-import { BatonError, errorMessage } from '../errors.js';
-import { formatIssues } from '../supervisor/config.js';
+import { BatonError, errorMessage, formatIssues } from '../errors.js';
 import {
   canonicalJson,
   SignedManifestSchema,
   type Manifest,
   type SignedManifest,
-} from './manifest.js';
+} from '../protocol/manifest.js';
 import { hashFile } from './pack.js';
 
 /** A manifest file bigger than this is not a manifest. */

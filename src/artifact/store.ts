@@ -1,11 +1,14 @@
-import { randomBytes, createHash } from 'node:crypto';
-import { createReadStream, createWriteStream } from 'node:fs';
-import { lstat, mkdir, readdir, rename, rm, stat } from 'node:fs/promises';
+import { lstat, mkdir, readdir, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
-import { Transform, type Readable } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
+import type { Readable } from 'node:stream';
 import { BatonError, errorCode, errorMessage, type ErrorCode } from '../errors.js';
-import { canonicalJson, ReleaseIdSchema, type Manifest, type SignedManifest } from './manifest.js';
+import {
+  canonicalJson,
+  ReleaseIdSchema,
+  type Manifest,
+  type SignedManifest,
+} from '../protocol/manifest.js';
+import { ArchiveCache } from './archive-cache.js';
 import { checkStorableReleaseId } from './release-id.js';
 import {
   ReleaseRecords,
@@ -15,6 +18,7 @@ import {
 } from './release-records.js';
 import { verifyArchiveDigest, verifyManifest } from './sign.js';
 import { isUnpackTempDir, unpackRelease, type UnpackLimits } from './unpack.js';
+import type { ReleaseInfo } from '../protocol/results.js';
 
 export interface StoreOptions {
   /** The app's folder in the agent's state directory. */
@@ -44,22 +48,6 @@ export interface StoredRelease {
   manifest: Manifest;
 }
 
-export interface ReleaseInfo {
-  id: string;
-  digest: string;
-  createdAt: string;
-  gitSha: string | undefined;
-  /**
-   * `untrusted`: its signature no longer verifies with the agent's trusted keys (or it is
-   * unsigned and unsigned artifacts are no longer allowed); it is not switched to again. Only
-   * `current` goes before it: what runs is never stopped for that.
-   */
-  status: 'current' | 'previous' | 'untrusted' | 'failed' | 'kept';
-  failedReason: string | undefined;
-  /** Why it is `untrusted` (also for the current release, which keeps that status). */
-  untrustedReason: string | undefined;
-}
-
 /** Asks for a release the store holds. */
 export interface GetOptions {
   /** Take a release marked failed all the same. Never skips the signature check. */
@@ -74,6 +62,7 @@ export interface GetOptions {
 export class ReleaseStore {
   readonly artifacts: string;
   readonly releases: string;
+  private readonly archives: ArchiveCache;
   /**
    * One JSON file per release, apart from the release folders: an id can never name both a
    * release and another release's record (an id `X.json` once turned X's record into a folder).
@@ -86,6 +75,7 @@ export class ReleaseStore {
     this.releases = path.join(opts.root, 'releases');
     this.tmp = path.join(opts.root, 'tmp');
     this.records = new ReleaseRecords(path.join(opts.root, 'records'), this.tmp);
+    this.archives = new ArchiveCache(this.artifacts, this.tmp, opts.maxArchiveBytes);
   }
 
   /**
@@ -113,67 +103,20 @@ export class ReleaseStore {
     return rel === '' || (rel.split(path.sep)[0] !== '..' && !path.isAbsolute(rel));
   }
 
-  private archivePath(sha256: string): string {
-    return path.join(this.artifacts, `${sha256}.tar.gz`);
-  }
-
   async hasArchive(sha256: string): Promise<boolean> {
-    return (await stat(this.archivePath(sha256)).catch(() => undefined))?.isFile() ?? false;
+    return this.archives.has(sha256);
   }
 
-  /**
-   * Takes an archive as a stream: hashes while writing a temp file, keeps it only when digest
-   * and size match what the manifest promised. Backpressure end to end; nothing held in memory.
-   */
-  async receive(source: Readable, expected: { sha256: string; size: number }): Promise<void> {
-    this.checkSize(expected.size);
-    const tmp = path.join(this.tmp, `upload-${process.pid}-${randomBytes(6).toString('hex')}`);
-    const hash = createHash('sha256');
-    let size = 0;
-    const limit = this.opts.maxArchiveBytes;
-    const meter = new Transform({
-      transform(chunk: Buffer, _enc, done) {
-        size += chunk.length;
-        if (size > Math.min(limit, expected.size))
-          return done(
-            new BatonError(
-              'DIGEST_MISMATCH',
-              `archive is longer than the ${expected.size} bytes its manifest says`,
-            ),
-          );
-        hash.update(chunk);
-        done(null, chunk);
-      },
-    });
-    try {
-      await pipeline(source, meter, createWriteStream(tmp, { mode: 0o644 }));
-      const digest = hash.digest('hex');
-      if (size !== expected.size || digest !== expected.sha256)
-        throw new BatonError(
-          'DIGEST_MISMATCH',
-          `archive does not match its manifest (got sha256 ${digest.slice(0, 12)}…, ${size} bytes; expected ${expected.sha256.slice(0, 12)}…, ${expected.size} bytes); upload it again`,
-        );
-      await rename(tmp, this.archivePath(digest));
-    } finally {
-      await rm(tmp, { force: true });
-    }
-  }
-
-  /**
-   * Imports an archive file from this host's disk (a local deploy). Free when the store has it;
-   * true when it was copied (and hashed) now.
-   */
-  async importFile(file: string, expected: { sha256: string; size: number }): Promise<boolean> {
-    if (await this.hasArchive(expected.sha256)) return false;
-    await this.receive(createReadStream(file), expected);
-    return true;
+  /** Takes an archive as a stream; see {@link ArchiveCache.receive}. */
+  receive(source: Readable, expected: { sha256: string; size: number }): Promise<void> {
+    return this.archives.receive(source, expected);
   }
 
   /** Import and prepare as one step, never at the same time as a prune of this store. */
   add(file: string, signed: SignedManifest): Promise<StoredRelease> {
     return this.exclusive(async () => {
       checkStorableReleaseId(signed.manifest.releaseId);
-      const copied = await this.importFile(file, signed.manifest.archive);
+      const copied = await this.archives.importFile(file, signed.manifest.archive);
       return this.prepare(signed, undefined, copied);
     });
   }
@@ -193,7 +136,7 @@ export class ReleaseStore {
       checkStorableReleaseId(signed.manifest.releaseId);
       const { archive } = signed.manifest;
       // Refused before the client is asked for a byte.
-      this.checkSize(archive.size);
+      this.archives.checkSize(archive.size);
       let uploadedBytes = 0;
       const started = Date.now();
       if (await this.hasArchive(archive.sha256)) {
@@ -214,14 +157,6 @@ export class ReleaseStore {
     const run = this.queue.then(fn, fn);
     this.queue = run.catch(() => undefined);
     return run;
-  }
-
-  private checkSize(size: number): void {
-    if (size > this.opts.maxArchiveBytes)
-      throw new BatonError(
-        'ARCHIVE_TOO_LARGE',
-        `archive of ${size} bytes is over this agent's limit of ${this.opts.maxArchiveBytes}; raise maxArchiveBytes in the agent config`,
-      );
   }
 
   /** Signature against the trusted keys, and the app it is for: cheap, so done before any upload. */
@@ -274,7 +209,7 @@ export class ReleaseStore {
         return { id: manifest.releaseId, dir, manifest };
       }
     }
-    const archive = this.archivePath(manifest.archive.sha256);
+    const archive = this.archives.path(manifest.archive.sha256);
     if (!(await this.hasArchive(manifest.archive.sha256)))
       throw new BatonError(
         'RELEASE_UNKNOWN',

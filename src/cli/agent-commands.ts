@@ -5,14 +5,23 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BatonError } from '../errors.js';
 import type { SupervisorEvent } from '../protocol/events.js';
-import type { ReleaseInfo } from '../artifact/store.js';
-import { agentPaths, type AgentStatus, type StoreDeployResult } from '../supervisor/agent.js';
-import type { DeployResult } from '../supervisor/app-supervisor.js';
+import { z } from 'zod';
+import {
+  AgentStatusSchema,
+  DeployResultSchema,
+  ReleaseInfoSchema,
+  StoreDeployResultSchema,
+  UpgradeResultSchema,
+  type AgentStatus,
+  type DeployResult,
+  type ReleaseInfo,
+} from '../protocol/results.js';
+import { agentPaths } from '../supervisor/agent-paths.js';
 import { loadAgentConfig } from '../supervisor/config.js';
 import { runningAgentPid } from '../supervisor/pid-file.js';
 import { delay, isAlive } from '../supervisor/process-util.js';
-import { runAgent } from '../supervisor/run-agent.js';
-import { controlRequest } from './control-client.js';
+import { runAgent } from '../agent/run-agent.js';
+import { controlCall } from './control-client.js';
 
 export interface Output {
   line(text: string): void;
@@ -111,9 +120,11 @@ async function socketOf(configFile: string): Promise<string> {
 }
 
 export async function agentStatus(configFile: string, json: boolean, out: Output): Promise<void> {
-  const status = (await controlRequest(await socketOf(configFile), {
-    method: 'status',
-  })) as AgentStatus;
+  const status = await controlCall(
+    await socketOf(configFile),
+    { method: 'status' },
+    AgentStatusSchema,
+  );
   printStatus(status, json, out);
 }
 
@@ -163,11 +174,12 @@ export async function agentDeploy(
   opts: { app: string; release: string; id: string | undefined; json: boolean; quiet: boolean },
   out: Output,
 ): Promise<void> {
-  const result = (await controlRequest(
+  const result = await controlCall(
     await socketOf(configFile),
     { method: 'deploy', app: opts.app, releaseDir: path.resolve(opts.release), releaseId: opts.id },
+    DeployResultSchema,
     (e) => !opts.json && !opts.quiet && out.line(formatEvent(e)),
-  )) as DeployResult;
+  );
   printResults([result], opts.json, out);
 }
 
@@ -178,18 +190,21 @@ export async function agentReload(
   quiet: boolean,
   out: Output,
 ): Promise<void> {
-  const results = (await controlRequest(
+  const results = await controlCall(
     await socketOf(configFile),
     { method: 'reload', app },
+    z.array(DeployResultSchema),
     (e) => (!json && !quiet ? out.line(formatEvent(e)) : undefined),
-  )) as DeployResult[];
+  );
   printResults(results, json, out);
 }
 
 export async function agentUpgrade(configFile: string, out: Output): Promise<void> {
-  const result = (await controlRequest(await socketOf(configFile), { method: 'upgrade' })) as {
-    pid: number;
-  };
+  const result = await controlCall(
+    await socketOf(configFile),
+    { method: 'upgrade' },
+    UpgradeResultSchema,
+  );
   out.line(`agent upgraded: new agent pid ${result.pid}; apps kept serving`);
 }
 
@@ -198,7 +213,7 @@ export async function agentDeployArtifact(
   opts: { app: string; archive: string; manifest: string; json: boolean; quiet: boolean },
   out: Output,
 ): Promise<void> {
-  const result = (await controlRequest(
+  const result = await controlCall(
     await socketOf(configFile),
     {
       method: 'deploy-artifact',
@@ -206,8 +221,9 @@ export async function agentDeployArtifact(
       archive: path.resolve(opts.archive),
       manifest: path.resolve(opts.manifest),
     },
+    StoreDeployResultSchema,
     (e) => !opts.json && !opts.quiet && out.line(formatEvent(e)),
-  )) as StoreDeployResult;
+  );
   printResults([result], opts.json, out);
   if (!opts.json && result.pruned.removed.length)
     out.line(
@@ -220,11 +236,12 @@ export async function agentRollback(
   opts: { app: string; to: string | undefined; force: boolean; json: boolean; quiet: boolean },
   out: Output,
 ): Promise<void> {
-  const result = (await controlRequest(
+  const result = await controlCall(
     await socketOf(configFile),
     { method: 'rollback', app: opts.app, to: opts.to, ...(opts.force && { force: true }) },
+    StoreDeployResultSchema,
     (e) => !opts.json && !opts.quiet && out.line(formatEvent(e)),
-  )) as StoreDeployResult;
+  );
   printResults([result], opts.json, out);
 }
 
@@ -234,10 +251,11 @@ export async function agentReleases(
   json: boolean,
   out: Output,
 ): Promise<void> {
-  const releases = (await controlRequest(await socketOf(configFile), {
-    method: 'releases',
-    app,
-  })) as ReleaseInfo[];
+  const releases = await controlCall(
+    await socketOf(configFile),
+    { method: 'releases', app },
+    z.array(ReleaseInfoSchema),
+  );
   printReleases(app, releases, json, out);
 }
 

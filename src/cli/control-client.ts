@@ -1,5 +1,6 @@
 import net from 'node:net';
-import { BatonError } from '../errors.js';
+import type { z } from 'zod';
+import { BatonError, formatIssues } from '../errors.js';
 import {
   CONTROL_MAX_LINE,
   ControlResponseSchema,
@@ -68,4 +69,32 @@ export async function controlRequest(
         settle(() => reject(new BatonError('CONTROL_FAILED', 'the agent sent an overlong line'))),
     );
   });
+}
+
+/**
+ * What the agent answered, checked against the shape the client expects of it: an agent of
+ * another version that answers otherwise gets a clear error, not a crash further on.
+ */
+export function parseResult<S extends z.ZodType>(
+  schema: S,
+  value: unknown,
+  what: string,
+): z.infer<S> {
+  const parsed = schema.safeParse(value);
+  if (!parsed.success)
+    throw new BatonError(
+      'CONTROL_FAILED',
+      `the agent's answer to ${what} is not what this baton expects (${formatIssues(parsed.error)}); are the agent and this command the same version?`,
+    );
+  return parsed.data;
+}
+
+/** {@link controlRequest}, with its result checked against `schema`. */
+export async function controlCall<S extends z.ZodType>(
+  socketPath: string,
+  body: RequestBody,
+  schema: S,
+  onEvent?: (event: SupervisorEvent) => void,
+): Promise<z.infer<S>> {
+  return parseResult(schema, await controlRequest(socketPath, body, onEvent), body.method);
 }

@@ -2,7 +2,8 @@ import { access, constants, rename, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BatonError, errorMessage } from '../errors.js';
-import { loadAgentConfig, type AgentConfig } from '../supervisor/config.js';
+import { loadAgentConfig } from '../supervisor/config.js';
+import { type AgentConfig } from '../protocol/agent-config.js';
 import type { Output } from './agent-commands.js';
 
 /** `baton agent install`: a systemd unit that runs this agent, from this Node and this build. */

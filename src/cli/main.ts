@@ -20,8 +20,9 @@ import {
   type Output,
 } from './agent-commands.js';
 import { agentInstall, DEFAULT_UNIT_DIR, SERVICE_NAME } from './install-command.js';
-import type { ReleaseInfo } from '../artifact/store.js';
-import type { AgentStatus } from '../supervisor/agent.js';
+import { z } from 'zod';
+import { AgentStatusSchema, ReleaseInfoSchema } from '../protocol/results.js';
+import { parseResult } from './control-client.js';
 
 const USAGE = `usage: baton <command>
   deploy <dir|archive> --app NAME (--host USER@HOST | --agent URL) [--key FILE] [--manifest FILE]
@@ -150,10 +151,15 @@ async function main(argv: string[]): Promise<void> {
     if (group === 'releases') {
       if (!values.app) throw new BatonError('USAGE', 'releases needs --app NAME');
       const releases = await remoteQuery({ type: 'releases', app: values.app }, values);
-      return printReleases(values.app, releases as ReleaseInfo[], values.json, out);
+      return printReleases(
+        values.app,
+        parseResult(z.array(ReleaseInfoSchema), releases, 'releases'),
+        values.json,
+        out,
+      );
     }
     return printStatus(
-      (await remoteQuery({ type: 'status' }, values)) as AgentStatus,
+      parseResult(AgentStatusSchema, await remoteQuery({ type: 'status' }, values), 'status'),
       values.json,
       out,
     );

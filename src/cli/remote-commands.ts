@@ -1,54 +1,16 @@
-import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
-import type { SignedManifest } from '../artifact/manifest.js';
-import { parseSignedManifest } from '../artifact/sign.js';
-import { BatonError, errorMessage } from '../errors.js';
+import { BatonError } from '../errors.js';
 import type { DeployEvent, DeployOrigin, DeployOutcome } from '../protocol/channel.js';
 import { deployToHost, type HostPlan, type HostReporter } from '../deploy/host-deploy.js';
 import { AgentClient } from '../transport/client.js';
 import { formatEvent, type Output } from './agent-commands.js';
-import { packCommand } from './artifact-commands.js';
+import { printPacked } from './artifact-commands.js';
+import { prepareArtifact } from '../deploy/prepare-artifact.js';
 import { Progress } from './progress.js';
 import { deployIdFor, originFromEnv, remoteTarget, type RemoteValues } from './remote-options.js';
 
 export interface RemoteFlags {
   json: boolean;
   quiet: boolean;
-}
-
-/** A directory is packed and signed here; an archive goes with the manifest beside it. */
-async function artifactFor(
-  input: string,
-  opts: { app: string; key?: string; manifest?: string; releaseId?: string; gitSha?: string },
-  out: Output,
-  env: NodeJS.ProcessEnv,
-): Promise<{ archive: string; signed: SignedManifest; cleanup: () => Promise<void> }> {
-  const manifestFile = opts.manifest ?? input.replace(/\.(tar\.gz|tgz)$/, '.manifest.json');
-  if (/\.(tar\.gz|tgz)$/.test(input) && existsSync(manifestFile)) {
-    const text = await readFile(manifestFile, 'utf8').catch((err: unknown) => {
-      throw new BatonError('MANIFEST_INVALID', `cannot read ${manifestFile}: ${errorMessage(err)}`);
-    });
-    return {
-      archive: input,
-      signed: parseSignedManifest(text, manifestFile),
-      cleanup: async () => {},
-    };
-  }
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'baton-deploy-'));
-  const packed = await packCommand(
-    input,
-    { app: opts.app, out: dir, key: opts.key, releaseId: opts.releaseId, gitSha: opts.gitSha },
-    out,
-    env,
-  );
-  const text = await readFile(packed.manifestFile, 'utf8');
-  return {
-    archive: packed.archive,
-    signed: parseSignedManifest(text, packed.manifestFile),
-    cleanup: () => rm(dir, { recursive: true, force: true }),
-  };
 }
 
 /** Prints a host's progress: phase lines, an upload bar, or JSON lines. */
@@ -141,7 +103,9 @@ export async function remoteDeploy(
   let cleanup = async () => {};
   try {
     await runOnHost('deploy', opts, out, env, async (base) => {
-      const artifact = await artifactFor(input, opts, quietOut, env);
+      const artifact = await prepareArtifact(input, opts, env, (packed) =>
+        printPacked(packed, opts.app, quietOut),
+      );
       cleanup = artifact.cleanup;
       return { kind: 'deploy', ...base, manifest: artifact.signed, archive: artifact.archive };
     });

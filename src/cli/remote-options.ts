@@ -5,7 +5,7 @@ import path from 'node:path';
 import { BatonError, errorMessage } from '../errors.js';
 import type { DeployOrigin } from '../protocol/channel.js';
 import { checkToken, readTokenFile } from '../transport/auth.js';
-import { DEFAULT_CHANNEL_SOCKET } from '../transport/channel-config.js';
+import { DEFAULT_CHANNEL_SOCKET } from '../protocol/channel-config.js';
 import { directDialer, sshDialer, type Dialer } from '../transport/dialer.js';
 import type { SshOptions } from '../transport/ssh.js';
 

@@ -1,5 +1,5 @@
 import { open } from 'node:fs/promises';
-import type { SignedManifest } from '../artifact/manifest.js';
+import type { SignedManifest } from '../protocol/manifest.js';
 import { BatonError, errorCode, errorMessage } from '../errors.js';
 import {
   UPLOAD_CHUNK_BYTES,

@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { ReleaseIdSchema, SignedManifestSchema } from '../artifact/manifest.js';
+import { ReleaseIdSchema, SignedManifestSchema } from './manifest.js';
 import { PhaseEventSchema, LogEventSchema } from './events.js';
 
 /**

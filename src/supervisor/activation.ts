@@ -36,3 +36,8 @@ export function onReadyLine(stream: NodeJS.ReadableStream, onReady: () => void):
   });
   stream.on('error', () => undefined);
 }
+
+/** The name a listener is passed under between agents (and expected from a systemd socket unit). */
+export function fdName(app: { name: string }, listener: string): string {
+  return `${app.name}/${listener}`;
+}

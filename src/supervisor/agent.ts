@@ -1,48 +1,29 @@
-import { spawn } from 'node:child_process';
-import { closeSync, fstatSync, openSync } from 'node:fs';
 import { chmod, chown, mkdir, open } from 'node:fs/promises';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import type { SignedManifest } from '../artifact/manifest.js';
+import type { SignedManifest } from '../protocol/manifest.js';
 import { MAX_MANIFEST_BYTES, parseSignedManifest } from '../artifact/sign.js';
-import { ReleaseStore, type GetOptions, type ReleaseInfo } from '../artifact/store.js';
+import { ReleaseStore, type GetOptions } from '../artifact/store.js';
+import {
+  type ReleaseInfo,
+  type Release,
+  type AgentStatus,
+  type DeployResult,
+  type StoreDeployResult,
+} from '../protocol/results.js';
 import { BatonError, errorCode, errorMessage } from '../errors.js';
 import { report, type Reporter, type SupervisorEvent } from '../protocol/events.js';
 import { preflight } from './preflight.js';
 import type { AppRuntime } from './app-launcher.js';
-import { AppSupervisor, type DeployResult } from './app-supervisor.js';
-import type { AppStatus } from './app-status.js';
-import type { AgentConfig, AppConfig } from './config.js';
-import { activationEnv, onReadyLine, ownPidScript } from './activation.js';
-import type { Release } from './generation-launch.js';
+import { AppSupervisor } from './app-supervisor.js';
+import type { AgentConfig } from '../protocol/agent-config.js';
+import type { AppConfig } from '../protocol/app-schema.js';
+import { fdName } from './activation.js';
+import { agentPaths, type AgentPaths } from './agent-paths.js';
+import { spawnSuccessor, type Successor } from './successor.js';
 import { adoptListener, closeAll, inheritedFds, openListener, type Listener } from './listeners.js';
-import { isAlive, signalGroup } from './process-util.js';
+import { isAlive } from './process-util.js';
 import { StateFile } from './state.js';
-
-/** How long an upgrade waits for the new agent to adopt everything and say READY. */
-const UPGRADE_TIMEOUT_MS = 120_000;
-
-export interface AgentPaths {
-  pidFile: string;
-  stateFile: string;
-  socket: string;
-  logDir: string;
-  agentLog: string;
-}
-
-export function agentPaths(stateDir: string): AgentPaths {
-  return {
-    pidFile: path.join(stateDir, 'agent.pid'),
-    stateFile: path.join(stateDir, 'state.json'),
-    socket: path.join(stateDir, 'agent.sock'),
-    logDir: path.join(stateDir, 'logs'),
-    agentLog: path.join(stateDir, 'agent.log'),
-  };
-}
-
-export type StoreDeployResult = DeployResult & {
-  pruned: { removed: string[]; bytesFreed: number };
-};
 
 async function readSignedManifest(file: string): Promise<SignedManifest> {
   const handle = await open(file, 'r').catch((err: unknown) => {
@@ -64,39 +45,6 @@ async function readSignedManifest(file: string): Promise<SignedManifest> {
   } finally {
     await handle.close();
   }
-}
-
-/** The last lines written to `file` after offset `from` (read from at most its last 16 KiB). */
-async function lastLinesSince(file: string, from: number, count = 5): Promise<string[]> {
-  const handle = await open(file, 'r').catch(() => undefined);
-  if (!handle) return [];
-  try {
-    const size = (await handle.stat()).size;
-    const start = Math.max(from, size - 16 * 1024);
-    const buf = Buffer.alloc(Math.max(0, size - start));
-    await handle.read(buf, 0, buf.length, start);
-    return buf.toString('utf8').trimEnd().split('\n').filter(Boolean).slice(-count);
-  } catch {
-    return [];
-  } finally {
-    await handle.close();
-  }
-}
-
-export interface AgentStatus {
-  pid: number;
-  startedAt: string;
-  configFile: string;
-  /** The remote-deploy channel's TCP port, when the config has a channel with a `port`. */
-  channelPort: number | undefined;
-  /** The remote-deploy channel's unix socket, when the config has a channel. */
-  channelSocket?: string | undefined;
-  apps: AppStatus[];
-}
-
-/** The name a listener is passed under between agents (and expected from a systemd socket unit). */
-function fdName(app: AppConfig, listener: string): string {
-  return `${app.name}/${listener}`;
 }
 
 /**
@@ -400,89 +348,10 @@ export class Agent {
   }
 
   /**
-   * Replaces this agent by a new agent process (e.g. a newer baton) while the apps keep serving:
-   * the successor inherits every listener the systemd way, adopts the generations from the state
-   * file and says READY on a pipe. Resolves with its pid once it has; then this agent lets go.
-   * If the successor fails, this agent carries on as before.
+   * Replaces this agent by a new agent process (e.g. a newer baton) while the apps keep serving;
+   * see successor.ts. If the successor fails, this agent carries on as before.
    */
-  async spawnSuccessor(argv: string[]): Promise<{ pid: number; done: () => Promise<void> }> {
-    const sups = [...this.apps.values()];
-    const busy = sups.find((sup) => sup.status().deploy !== undefined);
-    if (busy)
-      throw new BatonError(
-        'DEPLOY_BUSY',
-        `busy: ${busy.status().deploy} of ${busy.app.name} in progress; upgrade the agent when it ends`,
-      );
-    const names: string[] = [];
-    const fds: number[] = [];
-    for (const sup of sups) {
-      for (const l of sup.listenerFds) {
-        names.push(fdName(sup.app, l.name));
-        fds.push(l.fd);
-      }
-    }
-    for (const sup of sups) sup.detach();
-    const notifyFd = 3 + fds.length;
-    const out = openSync(this.paths.agentLog, 'a', 0o600);
-    // Where the successor's own lines start, to quote them if it fails.
-    const logFrom = fstatSync(out).size;
-    const env: NodeJS.ProcessEnv = { ...process.env };
-    // This agent's own activation, if any, is not the successor's: it gets every listener.
-    delete env.LISTEN_FDS;
-    delete env.LISTEN_FDNAMES;
-    Object.assign(env, activationEnv(names), {
-      BATON_NOTIFY_FD: String(notifyFd),
-      BATON_PREDECESSOR_PID: String(process.pid),
-    });
-    const child = spawn('/bin/sh', ['-c', ownPidScript(['LISTEN_PID']), 'baton-agent', ...argv], {
-      env,
-      detached: true,
-      stdio: ['ignore', out, out, ...fds, 'pipe'],
-    });
-    closeSync(out);
-    let timer: NodeJS.Timeout | undefined;
-    try {
-      await new Promise<void>((resolve, reject) => {
-        onReadyLine(child.stdio[notifyFd] as NodeJS.ReadableStream, resolve);
-        child.once('error', reject);
-        child.once('exit', (code, signal) =>
-          reject(
-            new BatonError(
-              'CONTROL_FAILED',
-              `the new agent exited before it was ready (${signal ?? `code ${code}`}); see ${this.paths.agentLog}. This agent carries on.`,
-            ),
-          ),
-        );
-        // Never wait forever: a successor that hangs is killed and this agent carries on.
-        timer = setTimeout(() => {
-          if (child.pid) signalGroup(child.pid, 'SIGKILL');
-          reject(
-            new BatonError(
-              'CONTROL_FAILED',
-              `the new agent was not ready within ${UPGRADE_TIMEOUT_MS / 1000} s and was killed; see ${this.paths.agentLog}. This agent carries on.`,
-            ),
-          );
-        }, UPGRADE_TIMEOUT_MS);
-      });
-    } catch (err) {
-      for (const sup of sups) sup.resume();
-      if (!(err instanceof BatonError)) throw err;
-      // Why it failed (a bad token file, a port taken) is in its last lines: show them here.
-      throw new BatonError(
-        err.code,
-        err.message,
-        await lastLinesSince(this.paths.agentLog, logFrom),
-      );
-    } finally {
-      clearTimeout(timer);
-    }
-    child.unref();
-    (child.stdio[notifyFd] as NodeJS.ReadableStream & { destroy(): void }).destroy();
-    return {
-      pid: child.pid!,
-      done: async () => {
-        for (const sup of sups) await sup.handOff();
-      },
-    };
+  spawnSuccessor(argv: string[]): Promise<Successor> {
+    return spawnSuccessor([...this.apps.values()], this.paths.agentLog, argv);
   }
 }

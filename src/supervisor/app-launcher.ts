@@ -1,6 +1,6 @@
 import type { Reporter } from '../protocol/events.js';
 import type { AppSecrets } from './app-secrets.js';
-import type { AppConfig } from './config.js';
+import type { AppConfig } from '../protocol/app-schema.js';
 import { readEnvFile, secretValues } from './env-file.js';
 import type { Launch } from './generation-launch.js';
 import { runHook, type HookName } from './hooks.js';

@@ -1,32 +1,8 @@
-import type { AppConfig } from './config.js';
-import type { Release } from './generation-launch.js';
+import type { AppConfig } from '../protocol/app-schema.js';
 import type { Generation } from './generation.js';
 import { describeListener, type Listener } from './listeners.js';
 import { MAX_STATUS } from './notify-socket.js';
-
-/** One app as `baton agent status` shows it. */
-export interface AppStatus {
-  name: string;
-  state: 'running' | 'starting' | 'deploying' | 'restarting' | 'stopped' | 'failed';
-  release: Release | undefined;
-  previous: Release | undefined;
-  generation: { number: number; pid: number; releaseId: string; startedAt: string } | undefined;
-  listeners: {
-    name: string;
-    address: string;
-    fd: number | undefined;
-    origin: string | undefined;
-  }[];
-  /** Set when the agent does not hold the listeners (re-adopted after a crash without socket activation). */
-  warning: string | undefined;
-  deploy: string | undefined;
-  restarts: number;
-  lastError: string | undefined;
-  /** The last `STATUS=` the serving generation sent (systemd readiness). */
-  notifyStatus: string | undefined;
-  /** The user its generations run as, when not the agent's own. */
-  user: string | undefined;
-}
+import type { AppStatus, Release } from '../protocol/results.js';
 
 /** What the status of an app is made from. */
 export interface StatusInput {

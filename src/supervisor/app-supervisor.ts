@@ -2,25 +2,16 @@ import { BatonError, errorMessage } from '../errors.js';
 import { report, type Reporter } from '../protocol/events.js';
 import { AppLauncher, type AppRuntime } from './app-launcher.js';
 import { AppSecrets } from './app-secrets.js';
-import { appStatus, type AppStatus } from './app-status.js';
-import type { AppConfig } from './config.js';
+import { appStatus } from './app-status.js';
+import { type AppStatus, type DeployResult, type Release } from '../protocol/results.js';
+import type { AppConfig } from '../protocol/app-schema.js';
 import { readEnvFile, secretValues } from './env-file.js';
 import { Generation } from './generation.js';
-import { checkReleaseDir, type Release } from './generation-launch.js';
+import { checkReleaseDir } from './generation-launch.js';
 import { configForRelease } from './release-config.js';
 import { closeAll, openListener, type Listener } from './listeners.js';
 import { RestartBackoff } from './restart-backoff.js';
 import type { StateFile } from './state.js';
-
-export interface DeployResult {
-  app: string;
-  releaseId: string;
-  generation: number;
-  previousReleaseId: string | undefined;
-  drained: 'exited' | 'killed' | 'none';
-  cold: boolean;
-  durationMs: number;
-}
 
 /** What a supervisor is doing: one thing at a time. */
 type Activity =
@@ -151,7 +142,7 @@ export class AppSupervisor {
       masker: () => this.secrets.masker,
     });
     if (!gen) return false;
-    this.listen(gen);
+    this.answerEventsOf(gen);
     this.current = gen;
     this.watch(gen);
     report(this.reporter, {
@@ -380,7 +371,7 @@ export class AppSupervisor {
       reporter: this.reporter,
       launch: await this.launcher.launchFor(app),
     });
-    this.listen(gen);
+    this.answerEventsOf(gen);
     try {
       await gen.waitReady();
     } catch (err) {
@@ -403,7 +394,7 @@ export class AppSupervisor {
   }
 
   /** What a generation asks of its supervisor: save a new main pid, restart over the memory ceiling. */
-  private listen(gen: Generation): void {
+  private answerEventsOf(gen: Generation): void {
     gen.events = {
       mainChanged: (g) => {
         if (g === this.current)

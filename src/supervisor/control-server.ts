@@ -1,7 +1,7 @@
 import { chmod, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { BatonError, errorMessage } from '../errors.js';
+import { BatonError, errorMessage, formatIssues } from '../errors.js';
 import {
   CONTROL_MAX_LINE,
   ControlRequestSchema,
@@ -9,7 +9,6 @@ import {
   type ControlResponse,
 } from '../protocol/control.js';
 import { readLines } from '../protocol/lines.js';
-import { formatIssues } from './config.js';
 import type { Agent } from './agent.js';
 
 export interface ControlHandlers {

@@ -5,18 +5,13 @@ import net from 'node:net';
 import path from 'node:path';
 import { BatonError } from '../errors.js';
 import { activationEnv, ownPidScript } from './activation.js';
-import type { AppConfig } from './config.js';
+import type { AppConfig } from '../protocol/app-schema.js';
 import type { Listener } from './listeners.js';
 import type { LineMasker } from './log-tail.js';
 import { NotifySocket, type NotifyMessage } from './notify-socket.js';
 import { launchEnvironment } from './privilege.js';
 import { childBaseEnv, resolveCommand } from './process-util.js';
-
-/** A release as a generation starts from it: its id and the directory it was unpacked to. */
-export interface Release {
-  id: string;
-  dir: string;
-}
+import type { Release } from '../protocol/results.js';
 
 /** How a generation's main process ended. */
 export interface Exit {

@@ -2,7 +2,7 @@ import type { ChildProcess } from 'node:child_process';
 import { BatonError, errorMessage } from '../errors.js';
 import { report, type Reporter } from '../protocol/events.js';
 import { onReadyLine } from './activation.js';
-import { MAX_TIMER_MS, type AppConfig, type ReadinessConfig } from './config.js';
+import { MAX_TIMER_MS, type AppConfig, type ReadinessConfig } from '../protocol/app-schema.js';
 import {
   spawnGeneration,
   type Exit,

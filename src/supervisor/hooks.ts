@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { createInterface } from 'node:readline';
 import { BatonError } from '../errors.js';
 import { report, type Reporter } from '../protocol/events.js';
-import type { AppConfig, HookConfig } from './config.js';
+import type { AppConfig, HookConfig } from '../protocol/app-schema.js';
 import type { Launch } from './generation-launch.js';
 import { launchEnvironment } from './privilege.js';
 import { childBaseEnv, signalGroup } from './process-util.js';

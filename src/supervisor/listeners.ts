@@ -2,7 +2,7 @@ import { spawn } from 'node:child_process';
 import { unlink } from 'node:fs/promises';
 import net from 'node:net';
 import { BatonError, errorMessage } from '../errors.js';
-import type { ListenerConfig } from './config.js';
+import type { ListenerConfig } from '../protocol/app-schema.js';
 
 export { inheritedFds } from '../protocol/systemd.js';
 

@@ -1,4 +1,4 @@
-import type { AppConfig } from './config.js';
+import type { AppConfig } from '../protocol/app-schema.js';
 import type { GenerationProcesses } from './generation-processes.js';
 import { groupsResidentBytes } from './process-util.js';
 

@@ -1,7 +1,7 @@
 import path from 'node:path';
 import { BatonError, errorMessage } from '../errors.js';
 import type { AppRuntime } from './app-launcher.js';
-import type { AgentConfig } from './config.js';
+import type { AgentConfig } from '../protocol/agent-config.js';
 import { readEnvFile } from './env-file.js';
 import { notifyUnavailable } from './notify-socket.js';
 import { resolveRunAs } from './privilege.js';

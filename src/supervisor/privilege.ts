@@ -2,7 +2,7 @@ import { execFile } from 'node:child_process';
 import { accessSync, constants } from 'node:fs';
 import { promisify } from 'node:util';
 import { BatonError, errorMessage } from '../errors.js';
-import type { AppConfig } from './config.js';
+import type { AppConfig } from '../protocol/app-schema.js';
 
 const execFileAsync = promisify(execFile);
 

@@ -1,6 +1,6 @@
 import { readAppDeployConfig } from '../artifact/app-config.js';
 import { BatonError } from '../errors.js';
-import type { AppConfig } from './config.js';
+import type { AppConfig } from '../protocol/app-schema.js';
 
 /**
  * The app's config for one release: the agent's, overridden by the release's own `baton.yml`

@@ -16,7 +16,7 @@ import {
 } from 'node:fs/promises';
 import path from 'node:path';
 import { BatonError, errorMessage } from '../errors.js';
-import type { AppConfig } from './config.js';
+import type { AppConfig } from '../protocol/app-schema.js';
 
 type Shared = AppConfig['shared'];
 type Kind = 'dir' | 'file';

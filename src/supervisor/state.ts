@@ -1,8 +1,7 @@
 import { mkdir, readFile, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { z } from 'zod';
-import { BatonError } from '../errors.js';
-import { formatIssues } from './config.js';
+import { BatonError, formatIssues } from '../errors.js';
 
 const ReleaseRefSchema = z.object({ id: z.string(), dir: z.string() }).strict();
 

@@ -1,51 +1,28 @@
-import { PassThrough, type Readable } from 'node:stream';
+import type { Readable } from 'node:stream';
 import type { WebSocket, RawData } from 'ws';
-import { toolVersion } from '../artifact/release-id.js';
-import { BatonError, errorCode, errorMessage } from '../errors.js';
+import { BatonError, errorCode, errorMessage, formatIssues } from '../errors.js';
 import {
   ClientMessageSchema,
   CloseCode,
-  DEFAULT_MAX_PAYLOAD,
-  SUPPORTED_PROTOCOLS,
   type ClientMessage,
   type DeployRequest,
   type RollbackRequest,
   type ServerMessage,
 } from '../protocol/channel.js';
-import { formatIssues } from '../supervisor/config.js';
-import { agentProof, clientMac, macEquals, makeNonce, type FailureLimiter } from './auth.js';
-import type { AuditLog } from './audit.js';
 import type { DeploySession, SessionInfo, SessionRegistry } from './deploy-session.js';
-import type { ChannelAgent } from './server.js';
+import type { ChannelAgent } from './channel-agent.js';
 import { closeSoon, frameBytes } from './frames.js';
+import { Handshake, type HandshakeDeps } from './handshake.js';
+import { UploadSink } from './upload-sink.js';
 
-/** Progress events at most this often during an upload. */
-const PROGRESS_EVERY_MS = 250;
-
-export interface ConnectionDeps {
+export interface ConnectionDeps extends HandshakeDeps {
   agent: ChannelAgent;
   registry: SessionRegistry;
-  audit: AuditLog;
-  limiter: FailureLimiter;
-  token: string;
   authTimeoutMs: number;
-  /** The largest frame accepted, announced in the challenge. */
-  maxPayload?: number;
   /** An upload with no byte for this long ends. */
   uploadIdleMs?: number;
-  log: (record: Record<string, unknown>) => void;
   /** The connection carrying a session's upload, if one is. */
   uploadOwner: (session: DeploySession) => AgentConnection | undefined;
-}
-
-interface Upload {
-  session: DeploySession;
-  stream: PassThrough;
-  received: number;
-  total: number;
-  lastProgress: number;
-  /** Ends the upload when no byte came for uploadIdleMs. */
-  idle: NodeJS.Timeout;
 }
 
 /**
@@ -55,10 +32,9 @@ interface Upload {
  * over the connection that asked for them.
  */
 export class AgentConnection {
-  private state: 'hello' | 'auth' | 'ready' = 'hello';
-  private nonce = '';
+  private readonly handshake: Handshake;
   private closed = false;
-  private upload: Upload | undefined;
+  private upload: UploadSink | undefined;
   private readonly detach = new Set<() => void>();
   /** Sessions this connection already streams: a second attach does not send them twice. */
   private readonly following = new Set<DeploySession>();
@@ -69,6 +45,7 @@ export class AgentConnection {
     readonly peer: string,
     private readonly deps: ConnectionDeps,
   ) {
+    this.handshake = new Handshake(peer, deps);
     this.authTimer = setTimeout(
       () =>
         this.refuse(
@@ -90,7 +67,7 @@ export class AgentConnection {
   }
 
   get authenticated(): boolean {
-    return this.state === 'ready';
+    return this.handshake.done;
   }
 
   /** Closed (1013) to make room for a newer connection: the client may simply try again. */
@@ -124,7 +101,7 @@ export class AgentConnection {
     const up = this.upload;
     if (up) {
       this.upload = undefined;
-      up.stream.destroy(
+      up.fail(
         new BatonError(
           'UPLOAD_INCOMPLETE',
           `the connection closed after ${up.received} of ${up.total} artifact bytes; nothing changed on the host. Deploy again with the same deploy id to retry`,
@@ -153,15 +130,11 @@ export class AgentConnection {
   }
 
   private handle(msg: ClientMessage): void {
-    if (this.state === 'hello') {
-      if (msg.type !== 'hello')
-        return this.refuse(CloseCode.policy, 'PROTOCOL_VIOLATION', 'expected hello first');
-      return this.onHello(msg.protocols, msg.client);
-    }
-    if (this.state === 'auth') {
-      if (msg.type !== 'auth')
-        return this.refuse(CloseCode.policy, 'PROTOCOL_VIOLATION', 'expected auth after hello');
-      return this.onAuth(msg.clientNonce, msg.mac);
+    if (!this.handshake.done) {
+      const step = this.handshake.take(msg);
+      if (step.kind === 'refuse') return this.refuse(step.closeCode, step.code, step.message);
+      if (this.handshake.done) clearTimeout(this.authTimer);
+      return this.send(step.message);
     }
     switch (msg.type) {
       case 'deploy':
@@ -199,67 +172,6 @@ export class AgentConnection {
       default:
         return this.refuse(CloseCode.policy, 'PROTOCOL_VIOLATION', `${msg.type} out of turn`);
     }
-  }
-
-  private onHello(protocols: number[], client: string): void {
-    const common = protocols.filter((p) => SUPPORTED_PROTOCOLS.includes(p));
-    if (common.length === 0)
-      return this.refuse(
-        CloseCode.protocolMismatch,
-        'PROTOCOL_MISMATCH',
-        `the client speaks protocol ${protocols.join(', ')}, this agent (baton ${toolVersion()}) speaks ${SUPPORTED_PROTOCOLS.join(', ')}; upgrade the older side`,
-      );
-    this.state = 'auth';
-    this.nonce = makeNonce();
-    this.clientName = client;
-    this.send({
-      type: 'challenge',
-      protocol: Math.max(...common),
-      nonce: this.nonce,
-      agent: `baton ${toolVersion()}`,
-      maxPayload: this.deps.maxPayload ?? DEFAULT_MAX_PAYLOAD,
-    });
-  }
-
-  private clientName = '';
-
-  /**
-   * The MAC first: a right one always gets in, whatever other connections from the same
-   * address (behind SSH, every client is 127.0.0.1) got wrong. A wrong one counts against its
-   * peer; past the limit it is refused as rate-limited. The token is 32 random bytes under
-   * HMAC, so the limit is there against noise and cost, not guessing.
-   */
-  private onAuth(clientNonce: string, mac: string): void {
-    const expected = clientMac(this.deps.token, this.nonce, clientNonce);
-    if (macEquals(mac, expected) && clientNonce !== this.nonce) {
-      clearTimeout(this.authTimer);
-      this.state = 'ready';
-      this.deps.audit.record({ event: 'connected', peer: this.peer, client: this.clientName });
-      this.send({ type: 'welcome', proof: agentProof(this.deps.token, this.nonce, clientNonce) });
-      return;
-    }
-    const wait = this.deps.limiter.blockedFor(this.peer);
-    this.deps.limiter.fail(this.peer);
-    if (wait > 0) {
-      const secs = Math.ceil(wait / 1000);
-      this.deps.audit.refusal({
-        event: 'auth-rate-limited',
-        peer: this.peer,
-        reason: `too many failed logins; wrong ones refused for ${secs} s`,
-      });
-      return this.refuse(
-        CloseCode.rateLimited,
-        'AUTH_RATE_LIMITED',
-        `too many failed logins from ${this.peer}; try again in ${secs} s with the right token`,
-      );
-    }
-    if (this.deps.audit.refusal({ event: 'auth-failed', peer: this.peer, reason: 'wrong token' }))
-      this.deps.log({ type: 'channel', level: 'warn', msg: `auth failed from ${this.peer}` });
-    return this.refuse(
-      CloseCode.authFailed,
-      'AUTH_FAILED',
-      "authentication failed: the token is not this agent's",
-    );
   }
 
   /** Streams a session's messages to this client until either ends. */
@@ -345,8 +257,8 @@ export class AgentConnection {
     this.ws.terminate();
   }
 
-  /** True while this connection carries the upload of `session`. */
-  uploads(session: DeploySession | undefined): boolean {
+  /** Whether this connection carries the upload of `session` now. */
+  carriesUploadOf(session: DeploySession | undefined): boolean {
     return session !== undefined && this.upload?.session === session;
   }
 
@@ -361,61 +273,46 @@ export class AgentConnection {
         'PROTOCOL_VIOLATION',
         `this connection is carrying the upload of ${this.upload.session.deployId}; deploy each app over its own connection`,
       );
-    // A few frames in flight per side; past that the socket is paused, which TCP and SSH carry back.
-    const stream = new PassThrough({ highWaterMark: 4 * 1024 * 1024 });
-    // However the upload ends (whole, cut, refused by the store), the socket reads again: a
-    // pause waiting for a 'drain' that an ended stream never emits would leave it deaf to
-    // pongs and close frames.
-    stream.once('close', () => {
-      clearTimeout(idle);
-      this.ws.resume();
-    });
     const idleMs = this.deps.uploadIdleMs ?? 60_000;
-    // A client that stops sending (while its socket still answers pings) must not hold the app
-    // and the store for ever.
-    const idle = setTimeout(() => {
-      if (this.upload?.stream !== stream) return;
+    const sink = new UploadSink(session, bytes, this.ws, idleMs, () => {
+      if (this.upload !== sink) return;
       this.upload = undefined;
-      stream.destroy(
+      sink.fail(
         new BatonError(
           'UPLOAD_INCOMPLETE',
           `no artifact bytes for ${idleMs / 1000} s; nothing changed on the host. Deploy again with the same deploy id to retry`,
         ),
       );
       this.refuse(CloseCode.policy, 'UPLOAD_INCOMPLETE', 'the upload stalled');
-    }, idleMs);
-    idle.unref();
-    // The store may refuse before it reads a byte (ARCHIVE_TOO_LARGE): then nothing listens, and
-    // destroying the stream with an error (the client leaving) would throw and end the agent.
-    stream.on('error', () => undefined);
+    });
     // A deploy that has ended takes no more bytes: later ones are refused, not buffered.
     void session.done.then(() => {
-      if (this.upload?.stream !== stream) return;
+      if (this.upload !== sink) return;
       this.upload = undefined;
-      stream.destroy();
+      sink.fail();
     });
-    this.upload = { session, stream, received: 0, total: bytes, lastProgress: 0, idle };
+    this.upload = sink;
     this.send({ type: 'upload', deployId: session.deployId, bytes });
     if (bytes === 0) {
       this.upload = undefined;
-      stream.end();
+      sink.stream.end();
     }
-    return stream;
+    return sink.stream;
   }
 
   private onBytes(chunk: Buffer): void {
     const up = this.upload;
-    if (!up || this.state !== 'ready')
+    if (!up || !this.handshake.done)
       return this.refuse(
         CloseCode.policy,
         'PROTOCOL_VIOLATION',
         'artifact bytes the agent did not ask for',
       );
-    if (up.received + chunk.length > up.total) {
+    if (up.overflows(chunk.length)) {
       // The deploy ends with what happened. Left to the close, it would read "closed after
       // <more than total> of <total> bytes" as UPLOAD_INCOMPLETE, which a client retries.
       this.upload = undefined;
-      up.stream.destroy(
+      up.fail(
         new BatonError(
           'PROTOCOL_VIOLATION',
           `the client sent more than the ${up.total} artifact bytes the agent asked for; nothing changed on the host`,
@@ -428,28 +325,6 @@ export class AgentConnection {
       );
       return;
     }
-    up.received += chunk.length;
-    up.idle.refresh();
-    if (!up.stream.write(chunk)) {
-      this.ws.pause();
-      up.stream.once('drain', () => this.ws.resume());
-    }
-    const now = Date.now();
-    const last = up.received === up.total;
-    if (last || now - up.lastProgress >= PROGRESS_EVERY_MS) {
-      up.lastProgress = now;
-      up.session.emit({
-        type: 'progress',
-        at: new Date(now).toISOString(),
-        app: up.session.info.app,
-        bytes: up.received,
-        total: up.total,
-      });
-    }
-    if (last) {
-      this.upload = undefined;
-      clearTimeout(up.idle);
-      up.stream.end();
-    }
+    if (up.take(chunk)) this.upload = undefined;
   }
 }

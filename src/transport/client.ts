@@ -1,6 +1,6 @@
 import { WebSocket, type RawData } from 'ws';
 import { toolVersion } from '../artifact/release-id.js';
-import { BatonError, type ErrorCode } from '../errors.js';
+import { BatonError, type ErrorCode, formatIssues } from '../errors.js';
 import {
   CloseCode,
   DEFAULT_MAX_PAYLOAD,
@@ -9,7 +9,6 @@ import {
   type ClientMessage,
   type ServerMessage,
 } from '../protocol/channel.js';
-import { formatIssues } from '../supervisor/config.js';
 import { agentProof, clientMac, macEquals, makeNonce } from './auth.js';
 import type { Dialer } from './dialer.js';
 import { closeReason, frameBytes } from './frames.js';

@@ -3,71 +3,17 @@ import http from 'node:http';
 import net, { type AddressInfo } from 'node:net';
 import { createSecureContext, TLSSocket, type SecureContext } from 'node:tls';
 import path from 'node:path';
-import type { Duplex, Readable } from 'node:stream';
+import type { Duplex } from 'node:stream';
 import { WebSocketServer, type WebSocket } from 'ws';
 import { BatonError, errorMessage } from '../errors.js';
-import type { DeployOutcome, DeployRequest, RollbackRequest } from '../protocol/channel.js';
-import type { Agent } from '../supervisor/agent.js';
 import { AgentConnection } from './agent-connection.js';
+import type { ChannelAgent } from './channel-agent.js';
 import { AuditLog } from './audit.js';
 import { FailureLimiter, readTokenFile } from './auth.js';
-import type { ChannelConfig } from './channel-config.js';
+import type { ChannelConfig } from '../protocol/channel-config.js';
 import { listenOnSocket, resolveSocketGroup } from './channel-socket.js';
 import { ConnectionGate, connectionCap, softFileLimit } from './connection-gate.js';
-import { SessionRegistry, type DeploySession } from './deploy-session.js';
-
-/** What the channel needs from the agent: run a deploy or rollback to its end, answer queries. */
-export interface ChannelAgent {
-  run(
-    session: DeploySession,
-    req: DeployRequest | RollbackRequest,
-    upload: (bytes: number) => Readable,
-  ): Promise<DeployOutcome>;
-  query(req: { type: 'status' } | { type: 'releases'; app: string }): Promise<unknown>;
-}
-
-/** Adapts the agent: a session hears every event of its app while it runs. */
-export function channelAgent(agent: Agent): ChannelAgent {
-  return {
-    async run(session, req, upload) {
-      const app = req.app;
-      // Bytes count as uploaded once the store has them whole: a cut upload sent none that stay.
-      let asked = 0;
-      let uploadedBytes = 0;
-      const unsubscribe = agent.subscribe((event) => {
-        if (event.app !== app) return;
-        if (event.type === 'phase' && event.phase === 'received') uploadedBytes = asked;
-        session.emit(event);
-      });
-      try {
-        const result =
-          req.type === 'deploy'
-            ? await agent.deployReceived(app, req.manifest, (bytes) => {
-                asked = bytes;
-                return upload(bytes);
-              })
-            : {
-                ...(await agent.rollback(app, req.to, { force: req.force === true })),
-                uploadedBytes: 0,
-              };
-        return session.finish({
-          releaseId: result.releaseId,
-          previousReleaseId: result.previousReleaseId,
-          generation: result.generation,
-          cold: result.cold,
-          uploadedBytes: result.uploadedBytes,
-        });
-      } catch (err) {
-        return session.finish({ error: err, uploadedBytes });
-      } finally {
-        unsubscribe();
-      }
-    },
-    query(req) {
-      return req.type === 'status' ? Promise.resolve(agent.status()) : agent.releases(req.app);
-    },
-  };
-}
+import { SessionRegistry } from './deploy-session.js';
 
 /** Where the channel listens, as `baton agent status` and the log show it. */
 export interface ChannelAddress {
@@ -220,7 +166,8 @@ export class ChannelServer {
       maxPayload: this.config.maxPayload,
       uploadIdleMs: this.config.uploadIdleMs,
       log: this.log,
-      uploadOwner: (session) => [...this.connections.values()].find((c) => c.uploads(session)),
+      uploadOwner: (session) =>
+        [...this.connections.values()].find((c) => c.carriesUploadOf(session)),
     });
     this.connections.set(ws, conn);
     ws.on('close', () => this.connections.delete(ws));

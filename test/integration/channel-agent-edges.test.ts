@@ -3,7 +3,7 @@ import { chmod, readFile, symlink, unlink, writeFile } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { AgentStatus } from '../../src/supervisor/agent.js';
+import type { AgentStatus } from '../../src/protocol/results.js';
 import { isAlive } from '../../src/supervisor/process-util.js';
 import { appStatus, BY_MODE } from '../support/failures-support.js';
 import {

@@ -4,7 +4,7 @@ import { randomInt } from 'node:crypto';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import type { SignedManifest } from '../../src/artifact/manifest.js';
+import type { SignedManifest } from '../../src/protocol/manifest.js';
 import { deployToHost } from '../../src/deploy/host-deploy.js';
 import {
   ClientMessageSchema,
@@ -14,7 +14,7 @@ import {
   type ClientMessage,
   type ServerMessage,
 } from '../../src/protocol/channel.js';
-import type { AgentStatus } from '../../src/supervisor/agent.js';
+import type { AgentStatus } from '../../src/protocol/results.js';
 import { clientMac, makeNonce } from '../../src/transport/auth.js';
 import { AgentClient } from '../../src/transport/client.js';
 import { directDialer } from '../../src/transport/dialer.js';

@@ -4,7 +4,7 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
-import type { AgentStatus } from '../../src/supervisor/agent.js';
+import type { AgentStatus } from '../../src/protocol/results.js';
 import { openSsh } from '../../src/transport/ssh.js';
 import { load, withDeadline } from '../support/harness.js';
 import {

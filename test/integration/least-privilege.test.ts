@@ -19,8 +19,7 @@ import { gunzipSync } from 'node:zlib';
 import { describe, it } from 'node:test';
 import { controlRequest } from '../../src/cli/control-client.js';
 import type { SupervisorEvent } from '../../src/protocol/events.js';
-import type { StoreDeployResult } from '../../src/supervisor/agent.js';
-import type { AppStatus } from '../../src/supervisor/app-status.js';
+import type { StoreDeployResult, AppStatus } from '../../src/protocol/results.js';
 import { isAlive } from '../../src/supervisor/process-util.js';
 import {
   control,

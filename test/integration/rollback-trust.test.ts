@@ -2,10 +2,9 @@ import assert from 'node:assert/strict';
 import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import type { SignedManifest } from '../../src/artifact/manifest.js';
+import type { SignedManifest } from '../../src/protocol/manifest.js';
 import { signManifest } from '../../src/artifact/sign.js';
-import type { ReleaseInfo } from '../../src/artifact/store.js';
-import type { AgentStatus } from '../../src/supervisor/agent.js';
+import type { ReleaseInfo, AgentStatus } from '../../src/protocol/results.js';
 import { isAlive } from '../../src/supervisor/process-util.js';
 import {
   batonAsync,

@@ -1,7 +1,7 @@
 import { spawn, spawnSync } from 'node:child_process';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import type { AgentStatus } from '../../src/supervisor/agent.js';
+import type { AgentStatus } from '../../src/protocol/results.js';
 import {
   CLI,
   control,

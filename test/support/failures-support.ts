@@ -3,8 +3,7 @@ import { mkdir, open, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import http from 'node:http';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import type { AgentStatus } from '../../src/supervisor/agent.js';
-import type { AppStatus } from '../../src/supervisor/app-status.js';
+import type { AgentStatus, AppStatus } from '../../src/protocol/results.js';
 import { control, FIXTURES } from './harness.js';
 
 /** The fixture that behaves as its release directory's `mode` file says. */

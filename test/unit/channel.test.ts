@@ -19,7 +19,7 @@ import {
   readTokenFile,
 } from '../../src/transport/auth.js';
 import { connectionCap, softFileLimit } from '../../src/transport/connection-gate.js';
-import { ChannelConfigSchema } from '../../src/transport/channel-config.js';
+import { ChannelConfigSchema } from '../../src/protocol/channel-config.js';
 import {
   DeploySession,
   SessionRegistry,

@@ -3,11 +3,8 @@ import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { BatonError } from '../../src/errors.js';
-import {
-  loadAgentConfig,
-  parseAgentConfig,
-  type AgentConfig,
-} from '../../src/supervisor/config.js';
+import { loadAgentConfig, parseAgentConfig } from '../../src/supervisor/config.js';
+import { type AgentConfig } from '../../src/protocol/agent-config.js';
 import { tempDir } from '../support/harness.js';
 
 const SOURCE = '/etc/baton/agent.yml';

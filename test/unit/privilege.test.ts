@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { AppSchema, type AppConfig } from '../../src/supervisor/config.js';
+import { AppSchema, type AppConfig } from '../../src/protocol/app-schema.js';
 import {
   accountEnv,
   launchEnvironment,

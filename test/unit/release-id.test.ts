@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { ReleaseIdSchema } from '../../src/artifact/manifest.js';
+import { ReleaseIdSchema } from '../../src/protocol/manifest.js';
 import { buildManifest, makeReleaseId } from '../../src/artifact/release-id.js';
 import { ROOT } from '../support/harness.js';
 

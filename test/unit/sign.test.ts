@@ -4,7 +4,7 @@ import { appendFile, readFile, stat, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { keygen } from '../../src/artifact/keygen.js';
-import { type Manifest } from '../../src/artifact/manifest.js';
+import { type Manifest } from '../../src/protocol/manifest.js';
 import { packDirectory } from '../../src/artifact/pack.js';
 import { buildManifest } from '../../src/artifact/release-id.js';
 import {

@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdir, readdir, readFile, rename, rm, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import type { Manifest } from '../../src/artifact/manifest.js';
+import type { Manifest } from '../../src/protocol/manifest.js';
 import { packDirectory } from '../../src/artifact/pack.js';
 import { buildManifest } from '../../src/artifact/release-id.js';
 import { generateKeyPair, signManifest } from '../../src/artifact/sign.js';

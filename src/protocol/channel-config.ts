@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { DEFAULT_MAX_PAYLOAD } from '../protocol/channel.js';
+import { DEFAULT_MAX_PAYLOAD } from './channel.js';
 
 /**
  * The unix socket the agent's channel listens on unless configured: clients reach it through

@@ -2,13 +2,15 @@ import { mkdir, writeFile } from 'node:fs/promises';
 import { BatonError, errorMessage } from '../errors.js';
 import type { SupervisorEvent } from '../protocol/events.js';
 import { notifyReady } from '../protocol/systemd.js';
-import { Agent, agentPaths } from './agent.js';
-import { loadAgentConfig } from './config.js';
-import { preflight } from './preflight.js';
-import { SystemdNotifier } from './sd-notify.js';
-import { ControlServer } from './control-server.js';
-import { claimPidFile, releasePidFile } from './pid-file.js';
-import { ChannelServer, channelAgent } from '../transport/server.js';
+import { Agent } from '../supervisor/agent.js';
+import { agentPaths } from '../supervisor/agent-paths.js';
+import { loadAgentConfig } from '../supervisor/config.js';
+import { preflight } from '../supervisor/preflight.js';
+import { SystemdNotifier } from '../supervisor/sd-notify.js';
+import { ControlServer } from '../supervisor/control-server.js';
+import { claimPidFile, releasePidFile } from '../supervisor/pid-file.js';
+import { ChannelServer } from '../transport/server.js';
+import { channelAgent } from './channel-agent.js';
 
 /** The agent's own log: one JSON object per line on stdout (a file when daemonized). */
 export function jsonLine(record: SupervisorEvent | Record<string, unknown>): void {
