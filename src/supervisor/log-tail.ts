@@ -1,4 +1,6 @@
+import { fstatSync, ftruncateSync, readSync } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { StringDecoder } from 'node:string_decoder';
 
 const MAX_LINE = 8 * 1024;
 const CHUNK = 64 * 1024;
@@ -31,6 +33,8 @@ export class LogTail {
   private timer: NodeJS.Timeout | undefined;
   private reading: Promise<void> = Promise.resolve();
   private fh: FileHandle | undefined;
+  /** A character split between two reads is held until its last byte comes. */
+  private readonly decoder = new StringDecoder('utf8');
 
   constructor(
     private readonly file: string,
@@ -81,12 +85,29 @@ export class LogTail {
       const { bytesRead } = await fh.read(buf, 0, Math.min(CHUNK, size - this.offset), this.offset);
       if (bytesRead === 0) break;
       this.offset += bytesRead;
-      this.take(buf.toString('utf8', 0, bytesRead));
+      this.take(this.decoder.write(buf.subarray(0, bytesRead)));
     }
-    if (size > this.maxBytes) {
-      await fh.truncate(0);
-      this.offset = 0;
+    if (size > this.maxBytes) this.cutBack(fh.fd, buf);
+  }
+
+  /**
+   * Reads what came since the last read and cuts the file back to zero with nothing in between
+   * (synchronous calls, no turn of the event loop): a line the app writes meanwhile would be lost
+   * with the cut. The lines read are handled after the cut.
+   */
+  private cutBack(fd: number, buf: Buffer): void {
+    const pieces: string[] = [];
+    for (;;) {
+      const { size } = fstatSync(fd);
+      if (size <= this.offset) break;
+      const bytesRead = readSync(fd, buf, 0, Math.min(CHUNK, size - this.offset), this.offset);
+      if (bytesRead === 0) break;
+      this.offset += bytesRead;
+      pieces.push(this.decoder.write(buf.subarray(0, bytesRead)));
     }
+    ftruncateSync(fd, 0);
+    this.offset = 0;
+    for (const text of pieces) this.take(text);
   }
 
   private take(text: string): void {

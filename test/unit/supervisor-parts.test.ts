@@ -99,6 +99,24 @@ describe('LogTail, hardened', () => {
     }
   });
 
+  it('keeps a character whose bytes come in two reads whole', async () => {
+    const tmp = await tempDir();
+    try {
+      const file = path.join(tmp.dir, 'gen.log');
+      await writeFile(file, Buffer.from([0x63, 0x61, 0x66, 0xc3]));
+      const seen: string[] = [];
+      const tail = new LogTail(file, 10, 1000, (l) => seen.push(l));
+      await tail.start(10_000);
+      await tail.poll();
+      await appendFile(file, Buffer.from([0xa9, 0x0a]));
+      await tail.poll();
+      await tail.stop();
+      assert.deepEqual(seen, ['café']);
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+
   it('masks before it clips, and cuts a long unfinished line outside any secret', async () => {
     const tmp = await tempDir();
     try {
