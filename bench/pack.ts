@@ -11,7 +11,7 @@ import { fileURLToPath } from 'node:url';
 import { packDirectory } from '../src/artifact/pack.js';
 import { buildManifest } from '../src/artifact/release-id.js';
 import { verifyArchiveDigest } from '../src/artifact/sign.js';
-import { tempDir } from '../test/support/harness.js';
+import { tempDir } from '../support/temp-dir.js';
 import { cleanupOnSignal } from './interrupt.js';
 import { formatTable, fmtInt, type Column } from './table.js';
 

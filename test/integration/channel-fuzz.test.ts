@@ -18,8 +18,11 @@ import type { AgentStatus } from '../../src/supervisor/agent.js';
 import { clientMac, makeNonce } from '../../src/transport/auth.js';
 import { AgentClient } from '../../src/transport/client.js';
 import { directDialer } from '../../src/transport/dialer.js';
-import { get, load, withDeadline } from '../support/harness.js';
-import { batonSync, startChannelAgent, type ChannelAgent } from '../support/channel-support.js';
+import { batonSync } from '../../support/baton-cli.js';
+import { type ChannelAgent, startChannelAgent } from '../../support/channel-agent.js';
+import { withDeadline } from '../../support/deadline.js';
+import { get } from '../../support/http-get.js';
+import { startLoad } from '../../support/load-client.js';
 import { RawClient } from '../support/raw-client.js';
 
 /*
@@ -496,7 +499,7 @@ async function fuzzConnection(k: number, fx: Fixture, tally: Tally): Promise<voi
         tally.uploadsSent++;
         const id = state.uploadId;
         let result: ServerMessage | undefined;
-        const ended = await conn.until(() => {
+        const ended = await conn.holdsWithin(() => {
           result = conn.received.find((m) => m.type === 'result' && m.deployId === id);
           return result !== undefined || conn.closedWith !== undefined;
         }, PER_MESSAGE_MS);
@@ -507,7 +510,7 @@ async function fuzzConnection(k: number, fx: Fixture, tally: Tally): Promise<voi
     }
     const fresh = () => conn.received.slice(since);
     if (expect.kind === 'close') {
-      if (!(await conn.until(() => conn.closedWith !== undefined, PER_MESSAGE_MS))) {
+      if (!(await conn.holdsWithin(() => conn.closedWith !== undefined, PER_MESSAGE_MS))) {
         fail(i, label, `expected a close (${expect.codes.join('/')}), the connection stayed open`);
         conn.terminate();
         return false;
@@ -529,7 +532,7 @@ async function fuzzConnection(k: number, fx: Fixture, tally: Tally): Promise<voi
     }
     if (expect.kind === 'none') return conn.closedWith === undefined;
     let answer: ServerMessage | undefined;
-    const got = await conn.until(() => {
+    const got = await conn.holdsWithin(() => {
       answer = fresh().find(expect.match);
       return answer !== undefined || conn.closedWith !== undefined;
     }, PER_MESSAGE_MS);
@@ -559,7 +562,7 @@ async function fuzzConnection(k: number, fx: Fixture, tally: Tally): Promise<voi
         // Settle the deploy before the next frame: bytes sent before its `upload` arrives
         // would be refused, and the model could not tell which came first.
         const id = answer.deployId;
-        const settled = await conn.until(
+        const settled = await conn.holdsWithin(
           () =>
             conn.closedWith !== undefined ||
             conn.received.some(
@@ -659,7 +662,7 @@ describe('channel fuzz: random and mutated messages against a live agent', () =>
       failures: [],
     };
     const fx: Fixture = { port: ch.channelPort, token: ch.token, signed };
-    const traffic = load(ch.appPort, { workers: 2, keepAlive: true, maxRequests: 200_000 });
+    const traffic = startLoad(ch.appPort, { workers: 2, keepAlive: true, maxRequests: 200_000 });
     try {
       const started = Date.now();
       let nextConnection = 0;

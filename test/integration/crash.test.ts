@@ -1,23 +1,13 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import {
-  control,
-  get,
-  listenerPort,
-  startAgent,
-  tempDir,
-  webApp,
-  withDeadline,
-  writeConfig,
-  type RunningAgent,
-} from '../support/harness.js';
-import {
-  appStatus,
-  BY_MODE,
-  gate,
-  getWithConnect,
-  modeRelease,
-} from '../support/failures-support.js';
+import { webApp, writeConfig } from '../../support/agent-config.js';
+import { type RunningAgent, startAgent } from '../../support/agent-process.js';
+import { appStatus, control, listenerPort } from '../../support/control.js';
+import { withDeadline } from '../../support/deadline.js';
+import { get, getWithConnect } from '../../support/http-get.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { gate } from '../support/gates.js';
+import { BY_MODE, modeRelease } from '../support/mode-release.js';
 
 type Rec = Record<string, unknown>;
 

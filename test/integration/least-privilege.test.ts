@@ -22,29 +22,17 @@ import type { SupervisorEvent } from '../../src/protocol/events.js';
 import type { StoreDeployResult } from '../../src/supervisor/agent.js';
 import type { AppStatus } from '../../src/supervisor/app-status.js';
 import { isAlive } from '../../src/supervisor/process-util.js';
-import {
-  control,
-  controlError,
-  FIXTURES,
-  get,
-  listenerPort,
-  load,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
-  withDeadline,
-  writeConfig,
-  type RunningAgent,
-} from '../support/harness.js';
-import {
-  batonAsync,
-  batonSync,
-  errorCodeOf,
-  gatedHook,
-  outcomeOf,
-  until,
-} from '../support/channel-support.js';
+import { releases, webApp, writeConfig } from '../../support/agent-config.js';
+import { type RunningAgent, startAgent } from '../../support/agent-process.js';
+import { batonAsync, batonSync } from '../../support/baton-cli.js';
+import { control, controlError, listenerPort } from '../../support/control.js';
+import { waitUntil, withDeadline } from '../../support/deadline.js';
+import { get } from '../../support/http-get.js';
+import { startLoad } from '../../support/load-client.js';
+import { FIXTURES } from '../../support/paths.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { errorCodeOf, outcomeOf } from '../support/cli-output.js';
+import { gatedHook } from '../support/gates.js';
 
 const run = promisify(execFile);
 const PROBE = path.join(FIXTURES, 'privileged-probe.mjs');
@@ -286,7 +274,7 @@ describe('apps run with least privilege', () => {
       assert.equal(first.uid, NOBODY);
       assert.equal(first.writeRelease, 'EACCES', 'not even the plain release directory');
 
-      const traffic = load(probe.port, { workers: 2, keepAlive: false, maxRequests: 20_000 });
+      const traffic = startLoad(probe.port, { workers: 2, keepAlive: false, maxRequests: 20_000 });
       const deployed = await probe.deployArtifact('a1');
       const served = await traffic.stop();
       assert.equal(deployed.releaseId, 'a1');
@@ -427,7 +415,7 @@ describe('apps run with least privilege', () => {
     } finally {
       if (successor !== undefined && isAlive(successor)) {
         process.kill(successor, 'SIGTERM');
-        await until(() => !isAlive(successor!), 'the new agent to stop');
+        await waitUntil(() => !isAlive(successor!), 'the new agent to stop');
       }
       await probe.cleanup();
     }
@@ -646,7 +634,10 @@ describe('apps run with least privilege', () => {
 
         // Mended: the next try starts it, shared path and all.
         await unlink(path.join(shared, 'uploads'));
-        await until(async () => (await statusOf('files')).app.state === 'running', 'files runs');
+        await waitUntil(
+          async () => (await statusOf('files')).app.state === 'running',
+          'files runs',
+        );
         const mended = await statusOf('files');
         assert.equal((await get(mended.port, '/whoami')).status, 200);
         assert.equal((await lstat(path.join(shared, 'uploads'))).uid, NOBODY);
@@ -663,7 +654,7 @@ describe('apps run with least privilege', () => {
         if (successor === undefined) await agent.stop();
         else {
           process.kill(successor, 'SIGTERM');
-          await until(() => !isAlive(successor!), 'the new agent to stop');
+          await waitUntil(() => !isAlive(successor!), 'the new agent to stop');
         }
       }
     } finally {
@@ -690,7 +681,7 @@ describe('apps run with least privilege', () => {
       };
 
       await writePrivate(path.join(probe.dir, 'web.env'), 'GREETING=hello\nBROKEN LINE\n');
-      const traffic = load(probe.port, { workers: 2, keepAlive: false, maxRequests: 20_000 });
+      const traffic = startLoad(probe.port, { workers: 2, keepAlive: false, maxRequests: 20_000 });
       const err = await controlError(probe.agent.socket, {
         method: 'deploy',
         app: 'web',
@@ -930,7 +921,7 @@ describe('apps run with least privilege', () => {
     try {
       const first = await probe.status();
       const oldPid = first.generation!.pid;
-      const traffic = load(probe.port, { workers: 2, keepAlive: false, maxRequests: 50_000 });
+      const traffic = startLoad(probe.port, { workers: 2, keepAlive: false, maxRequests: 50_000 });
       const grown = await get(probe.port, '/grow');
       assert.equal(grown.status, 200, grown.body);
       await probe.agent.waitFor(
@@ -1057,7 +1048,7 @@ describe('secret masking beyond a single deploy', () => {
       assert.equal((await get(probe.port, '/print-secret')).status, 200);
       // The new agent's output goes to <stateDir>/agent.log.
       const agentLog = path.join(probe.stateDir, 'agent.log');
-      await until(
+      await waitUntil(
         async () => (await readFile(agentLog, 'utf8')).includes('asked to print'),
         'the adopted generation to print, through the new agent',
       );
@@ -1066,7 +1057,7 @@ describe('secret masking beyond a single deploy', () => {
     } finally {
       if (successor !== undefined && isAlive(successor)) {
         process.kill(successor, 'SIGTERM');
-        await until(() => !isAlive(successor!), 'the new agent to stop');
+        await waitUntil(() => !isAlive(successor!), 'the new agent to stop');
       }
       await probe.cleanup();
     }

@@ -7,15 +7,13 @@ import { signManifest } from '../../src/artifact/sign.js';
 import type { ReleaseInfo } from '../../src/artifact/store.js';
 import type { AgentStatus } from '../../src/supervisor/agent.js';
 import { isAlive } from '../../src/supervisor/process-util.js';
-import {
-  batonAsync,
-  batonSync,
-  errorCodeOf,
-  outcomeOf,
-  startChannelAgent,
-  type ChannelAgent,
-} from '../support/channel-support.js';
-import { control, get, withDeadline } from '../support/harness.js';
+import { batonAsync, batonSync } from '../../support/baton-cli.js';
+import { type ChannelAgent, startChannelAgent } from '../../support/channel-agent.js';
+import { control } from '../../support/control.js';
+import { withDeadline } from '../../support/deadline.js';
+import { get } from '../../support/http-get.js';
+import { errorCodeOf, outcomeOf } from '../support/cli-output.js';
+import { waitGone } from '../support/processes.js';
 
 /** The serving generation of `web`: unchanged means not touched. */
 async function serving(ch: ChannelAgent): Promise<{ pid: number; releaseId: string }> {
@@ -38,15 +36,6 @@ function releasesOf(ch: ChannelAgent, via: string[]): Record<string, ReleaseInfo
   const r = batonSync(['releases', '--app', 'web', '--json', ...via]);
   assert.equal(r.status, 0, r.stderr);
   return Object.fromEntries((JSON.parse(r.stdout) as ReleaseInfo[]).map((x) => [x.id, x]));
-}
-
-async function waitGone(pid: number): Promise<void> {
-  await withDeadline(
-    (async () => {
-      while (isAlive(pid)) await new Promise((r) => setTimeout(r, 50));
-    })(),
-    `pid ${pid} to exit`,
-  );
 }
 
 describe('rollback checks a stored release as it is now', () => {

@@ -8,7 +8,7 @@ import {
   parseAgentConfig,
   type AgentConfig,
 } from '../../src/supervisor/config.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const SOURCE = '/etc/baton/agent.yml';
 

@@ -1,3 +1,4 @@
+// Shared by the tests, the benches and the demo (see README.md in this folder).
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -6,8 +7,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import ssh2, { type Connection } from 'ssh2';
-import { fingerprint } from '../../src/transport/known-hosts.js';
-import { freePort, tempDir, withDeadline } from './harness.js';
+import { fingerprint } from '../src/transport/known-hosts.js';
+import { withDeadline } from './deadline.js';
+import { freePort } from './free-port.js';
+import { tempDir } from './temp-dir.js';
 
 // ssh2 is CommonJS and Node's ESM loader finds only some of its named exports.
 const { Server, utils } = ssh2;
