@@ -7,33 +7,22 @@ import { withDeadline } from '../../support/deadline.js';
 import { get, getWithConnect } from '../../support/http-get.js';
 import { tempDir } from '../../support/temp-dir.js';
 import { gate } from '../support/gates.js';
-import { BY_MODE, modeRelease } from '../support/mode-release.js';
+import { BY_MODE, modeRelease, startModeAgent, type ModeAgent } from '../support/mode-release.js';
 
 type Rec = Record<string, unknown>;
 
 describe('crash supervision', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  let tmp: ModeAgent['tmp'];
   let agent: RunningAgent;
   let port: number;
   let v1: string;
 
   before(async () => {
-    tmp = await tempDir();
-    v1 = await modeRelease(tmp.dir, 'v1', 'serve');
-    const config = await writeConfig(tmp.dir, {
-      stateDir: './state',
-      apps: [
-        webApp({
-          command: BY_MODE,
-          release: v1,
-          // A window with no generation at all after each crash. resetAfterMs: 1 keeps the
-          // backoff from doubling between this file's crashes (each generation "served" long enough).
-          restart: { initialBackoffMs: 1500, resetAfterMs: 1 },
-        }),
-      ],
-    });
-    agent = await startAgent(config);
-    port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+    ({ tmp, v1, agent, port } = await startModeAgent({
+      // A window with no generation at all after each crash. resetAfterMs: 1 keeps the
+      // backoff from doubling between this file's crashes (each generation "served" long enough).
+      restart: { initialBackoffMs: 1500, resetAfterMs: 1 },
+    }));
   });
   after(async () => {
     await agent?.stop();

@@ -11,7 +11,7 @@ import { get } from '../../support/http-get.js';
 import { type LoadResult, startLoad } from '../../support/load-client.js';
 import { tempDir } from '../../support/temp-dir.js';
 import { gate } from '../support/gates.js';
-import { BY_MODE, modeRelease } from '../support/mode-release.js';
+import { BY_MODE, modeRelease, startModeAgent, type ModeAgent } from '../support/mode-release.js';
 import { isAlive } from '../../src/supervisor/process-util.js';
 
 /** The pid of the generation started for `releaseId`, from the agent's log. */
@@ -35,32 +35,20 @@ function assertClean(r: LoadResult, versions: string[]): void {
 }
 
 describe('a failed deploy leaves the old generation serving', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  let tmp: ModeAgent['tmp'];
   let agent: RunningAgent;
   let port: number;
-  let v1: string;
 
   before(async () => {
-    tmp = await tempDir();
-    v1 = await modeRelease(tmp.dir, 'v1', 'serve');
-    const config = await writeConfig(tmp.dir, {
-      stateDir: './state',
-      apps: [
-        webApp({
-          command: BY_MODE,
-          release: v1,
-          readiness: { type: 'notify', timeoutMs: 2000 },
-          hooks: {
-            beforeRestart: {
-              run: 'test ! -e fail-hook || { echo hook says no; exit 1; }',
-              timeoutMs: 20_000,
-            },
-          },
-        }),
-      ],
-    });
-    agent = await startAgent(config);
-    port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+    ({ tmp, agent, port } = await startModeAgent({
+      readiness: { type: 'notify', timeoutMs: 2000 },
+      hooks: {
+        beforeRestart: {
+          run: 'test ! -e fail-hook || { echo hook says no; exit 1; }',
+          timeoutMs: 20_000,
+        },
+      },
+    }));
   });
   after(async () => {
     await agent?.stop();

@@ -1,6 +1,10 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { webApp, writeConfig } from '../../support/agent-config.js';
+import { startAgent, type RunningAgent } from '../../support/agent-process.js';
+import { control, listenerPort } from '../../support/control.js';
 import { FIXTURES } from '../../support/paths.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 /** The fixture that behaves as its release directory's `mode` file says. */
 export const BY_MODE = ['node', path.join(FIXTURES, 'by-release-mode.mjs')];
@@ -20,4 +24,34 @@ export async function modeRelease(
   await writeFile(path.join(release, 'mode'), `${mode}\n`);
   for (const [name, text] of Object.entries(files)) await writeFile(path.join(release, name), text);
   return release;
+}
+
+export interface ModeAgent {
+  tmp: Awaited<ReturnType<typeof tempDir>>;
+  /** The release directory of v1 (mode `serve`), the one serving at start. */
+  v1: string;
+  agent: RunningAgent;
+  /** The `web` app's listener port. */
+  port: number;
+}
+
+/**
+ * An agent serving the `web` app as the by-mode fixture from release v1 (`serve`), with `app`
+ * overriding its config. The caller stops the agent and removes `tmp`.
+ */
+export async function startModeAgent(app: Record<string, unknown>): Promise<ModeAgent> {
+  const tmp = await tempDir();
+  try {
+    const v1 = await modeRelease(tmp.dir, 'v1', 'serve');
+    const config = await writeConfig(tmp.dir, {
+      stateDir: './state',
+      apps: [webApp({ command: BY_MODE, release: v1, ...app })],
+    });
+    const agent = await startAgent(config);
+    const port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+    return { tmp, v1, agent, port };
+  } catch (err) {
+    await tmp.cleanup();
+    throw err;
+  }
 }
