@@ -13,13 +13,15 @@ import { withDeadline } from '../../support/deadline.js';
 import { freePort } from '../../support/free-port.js';
 import { get } from '../../support/http-get.js';
 import { startLoad } from '../../support/load-client.js';
-import { CLI, FIXTURES } from '../../support/paths.js';
+import { FIXTURES } from '../../support/paths.js';
 import { tempDir } from '../../support/temp-dir.js';
 import { withWebAgent } from '../support/web-agent.js';
 import { waitGone } from '../support/processes.js';
+import { batonSync } from '../../support/baton-cli.js';
 
+/** The CLI's exit code and output, named as these tests read them. */
 function cli(...args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+  const r = batonSync(args);
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
 }
 

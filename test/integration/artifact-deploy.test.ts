@@ -1,5 +1,4 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -8,11 +7,13 @@ import { type RunningAgent, startAgent } from '../../support/agent-process.js';
 import { control, controlError, listenerPort } from '../../support/control.js';
 import { get } from '../../support/http-get.js';
 import { startLoad } from '../../support/load-client.js';
-import { CLI, FIXTURES } from '../../support/paths.js';
+import { FIXTURES } from '../../support/paths.js';
 import { tempDir } from '../../support/temp-dir.js';
+import { batonSync } from '../../support/baton-cli.js';
 
+/** Runs the CLI, which must succeed; its stdout. */
 function baton(...args: string[]): string {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+  const r = batonSync(args);
   assert.equal(r.status, 0, `baton ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
 }
