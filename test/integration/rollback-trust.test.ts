@@ -39,7 +39,7 @@ function releasesOf(ch: ChannelAgent, via: string[]): Record<string, ReleaseInfo
 }
 
 describe('rollback checks a stored release as it is now', () => {
-  it('a key removed from trustedKeys (agent upgraded with the new config): rollback and redeploy to what it signed are refused with KEY_REVOKED, listed untrusted; the release it signed that runs keeps running', async () => {
+  it('a key removed from trustedKeys: what it signed is refused for rollback and redeploy (KEY_REVOKED), while the release of it already running keeps running', async () => {
     const ch = await startChannelAgent();
     const config = path.join(ch.dir, 'agent.json');
     let successor: number | undefined;
