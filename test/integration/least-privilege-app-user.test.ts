@@ -7,7 +7,7 @@ import { isAlive } from '../../src/supervisor/process-util.js';
 import { releases, webApp, writeConfig } from '../../support/agent-config.js';
 import { startAgent } from '../../support/agent-process.js';
 import { control, listenerPort } from '../../support/control.js';
-import { waitUntil, withDeadline } from '../../support/deadline.js';
+import { withDeadline } from '../../support/deadline.js';
 import { get } from '../../support/http-get.js';
 import { startLoad } from '../../support/load-client.js';
 import { FIXTURES } from '../../support/paths.js';
@@ -25,6 +25,7 @@ import {
   markingCommand,
   exists,
 } from '../support/privilege-probe.js';
+import { waitGone } from '../support/processes.js';
 
 describe('an app runs as its configured user, never as root unless allowed', () => {
   it('an app and its hooks run as the configured user, with its groups, umask and limits, and cannot write their release', async () => {
@@ -185,7 +186,7 @@ describe('an app runs as its configured user, never as root unless allowed', () 
     } finally {
       if (successor !== undefined && isAlive(successor)) {
         process.kill(successor, 'SIGTERM');
-        await waitUntil(() => !isAlive(successor!), 'the new agent to stop');
+        await waitGone(successor);
       }
       await probe.cleanup();
     }

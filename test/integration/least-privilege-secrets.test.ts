@@ -23,6 +23,7 @@ import {
   filesContaining,
   refusedRun,
 } from '../support/privilege-probe.js';
+import { waitGone } from '../support/processes.js';
 
 describe('a secret from the env file shows nowhere but in the app', () => {
   it('a secret from the env file reaches the app, and its value shows nowhere else: events, agent output, status, errors, artifacts', async () => {
@@ -194,7 +195,7 @@ describe('secret masking beyond a single deploy', () => {
     } finally {
       if (successor !== undefined && isAlive(successor)) {
         process.kill(successor, 'SIGTERM');
-        await waitUntil(() => !isAlive(successor!), 'the new agent to stop');
+        await waitGone(successor);
       }
       await probe.cleanup();
     }

@@ -5,7 +5,6 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import type { StoreDeployResult } from '../../src/supervisor/agent.js';
 import type { AppStatus } from '../../src/supervisor/app-status.js';
-import { isAlive } from '../../src/supervisor/process-util.js';
 import { releases, writeConfig } from '../../support/agent-config.js';
 import { startAgent } from '../../support/agent-process.js';
 import { control, listenerPort } from '../../support/control.js';
@@ -20,6 +19,7 @@ import {
   refusedRun,
   exists,
 } from '../support/privilege-probe.js';
+import { waitGone } from '../support/processes.js';
 
 describe("shared paths belong to the app's user and stay inside its area", () => {
   it('a shared area with a symlink out stops only its own app, with one clear error, and the app starts by itself once mended', async () => {
@@ -108,7 +108,7 @@ describe("shared paths belong to the app's user and stay inside its area", () =>
         if (successor === undefined) await agent.stop();
         else {
           process.kill(successor, 'SIGTERM');
-          await waitUntil(() => !isAlive(successor!), 'the new agent to stop');
+          await waitGone(successor);
         }
       }
     } finally {
