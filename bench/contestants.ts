@@ -5,17 +5,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { controlRequest } from '../src/cli/control-client.js';
 import type { DeployResult } from '../src/protocol/results.js';
-import {
-  FIXTURES,
-  listenerPort,
-  ROOT,
-  releases,
-  startAgent,
-  webApp,
-  withDeadline,
-  writeConfig,
-  type RunningAgent,
-} from '../test/support/harness.js';
+import { releases, webApp, writeConfig } from '../support/agent-config.js';
+import { type RunningAgent, startAgent } from '../support/agent-process.js';
+import { listenerPort } from '../support/control.js';
+import { withDeadline } from '../support/deadline.js';
+import { FIXTURES, ROOT } from '../support/paths.js';
 
 /** Something serving the fixture app on 127.0.0.1:port that can be cycled to a new process. */
 export interface Contestant {

@@ -15,20 +15,15 @@ import { deployToHost, type HostPlan } from '../src/deploy/host-deploy.js';
 import { errorMessage } from '../src/errors.js';
 import { makeToken } from '../src/transport/auth.js';
 import { sshDialer } from '../src/transport/dialer.js';
-import { byRelease, failures, mergeResults, startNodeLoad } from './node-client.js';
+import { releases, webApp, writeConfig } from '../support/agent-config.js';
+import { type RunningAgent, startAgent } from '../support/agent-process.js';
+import { listenerPort } from '../support/control.js';
+import { withDeadline } from '../support/deadline.js';
+import { byRelease, failures, mergeResults, startLoad } from '../support/load-client.js';
+import { tempDir } from '../support/temp-dir.js';
 import { fmtErrors, fmtInt } from './table.js';
 import { cleanupOnSignal } from './interrupt.js';
-import {
-  listenerPort,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
-  withDeadline,
-  writeConfig,
-  type RunningAgent,
-} from '../test/support/harness.js';
-import { startSshd, type TestSshd } from '../test/support/sshd.js';
+import { startSshd, type TestSshd } from '../support/sshd.js';
 
 const LOAD_MS = 8_000;
 const WORKERS_PER_KIND = 10;
@@ -116,8 +111,8 @@ async function main(): Promise<number> {
     );
 
     const opts = { workers: WORKERS_PER_KIND, timeoutMs: 5_000, maxRequests: 2_000_000 };
-    const keepAlive = startNodeLoad(port, { ...opts, keepAlive: true });
-    const perRequest = startNodeLoad(port, { ...opts, keepAlive: false });
+    const keepAlive = startLoad(port, { ...opts, keepAlive: true });
+    const perRequest = startLoad(port, { ...opts, keepAlive: false });
     const loadStart = Date.now();
     const ticker = setInterval(() => {
       const r = [keepAlive.result, perRequest.result];

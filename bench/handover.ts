@@ -18,14 +18,14 @@ import {
   byRelease,
   failures,
   latencySummary,
-  startNodeLoad,
-  type NodeLoadResult,
-} from './node-client.js';
+  type LoadResult,
+  startLoad,
+} from '../support/load-client.js';
+import { tempDir } from '../support/temp-dir.js';
 import { everyPeriod, type CycleStats } from './ticker.js';
 import { fmtErrors, fmtInt, fmtMs, formatTable, total, type Column } from './table.js';
 import { runWrk, type WrkResult } from './wrk.js';
 import { cleanupOnSignal } from './interrupt.js';
-import { tempDir } from '../test/support/harness.js';
 
 type Mode = 'keep-alive' | 'new-connection';
 
@@ -112,7 +112,7 @@ function wrkRow(
   };
 }
 
-function nodeRow(contestant: string, mode: Mode, load: NodeLoadResult, cycles: CycleStats): Row {
+function nodeRow(contestant: string, mode: Mode, load: LoadResult, cycles: CycleStats): Row {
   return {
     contestant,
     mode,
@@ -164,8 +164,8 @@ async function nodePhase(
   target: Contestant,
   mode: Mode,
   seconds: number,
-): Promise<{ load: NodeLoadResult; cycles: CycleStats }> {
-  const load = startNodeLoad(target.port, {
+): Promise<{ load: LoadResult; cycles: CycleStats }> {
+  const load = startLoad(target.port, {
     workers: settings.nodeWorkers,
     keepAlive: mode === 'keep-alive',
     timeoutMs: settings.timeoutSeconds * 1000,
@@ -239,7 +239,7 @@ function barChecks(
   mode: Mode,
   steady: WrkResult,
   hand: { wrk: WrkResult; cycles: CycleStats | undefined },
-  batonNode: { load: NodeLoadResult; cycles: CycleStats } | undefined,
+  batonNode: { load: LoadResult; cycles: CycleStats } | undefined,
   thirdParty = false,
 ): Check[] {
   const limit = P99_FACTOR * steady.latencyMs.p99;

@@ -11,7 +11,8 @@ import { fileURLToPath } from 'node:url';
 import { packDirectory } from '../src/artifact/pack.js';
 import { buildManifest } from '../src/artifact/release-id.js';
 import { verifyArchiveDigest } from '../src/artifact/sign.js';
-import { tempDir } from '../test/support/harness.js';
+import { unpackRelease } from '../src/artifact/unpack.js';
+import { tempDir } from '../support/temp-dir.js';
 import { cleanupOnSignal } from './interrupt.js';
 import { formatTable, fmtInt, type Column } from './table.js';
 
@@ -56,9 +57,7 @@ async function child(step: string, args: string[]): Promise<void> {
     });
     await verifyArchiveDigest(archive, manifest);
   } else if (step === 'unpack') {
-    const unpack = await loadUnpack();
-    if (!unpack) throw new Error('src/artifact/unpack.ts is not there yet');
-    await unpack(args[0]!, args[1]!);
+    await unpackRelease(args[0]!, args[1]!);
   } else throw new Error(`unknown step ${step}`);
   const result: Measured = {
     ms: performance.now() - t0,
@@ -66,20 +65,6 @@ async function child(step: string, args: string[]): Promise<void> {
     extra,
   };
   process.stdout.write(`${JSON.stringify(result)}\n`);
-}
-
-type Unpack = (archive: string, dest: string) => Promise<unknown>;
-
-/** unpack.ts is written concurrently: loaded by URL so this file compiles without it. */
-async function loadUnpack(): Promise<Unpack | undefined> {
-  const url = new URL('../src/artifact/unpack.js', import.meta.url);
-  try {
-    await access(url);
-  } catch {
-    return undefined;
-  }
-  const mod = (await import(url.href)) as { unpackRelease?: Unpack };
-  return typeof mod.unpackRelease === 'function' ? mod.unpackRelease : undefined;
 }
 
 // ---- parent side ----
@@ -241,36 +226,31 @@ async function main(): Promise<void> {
       { step: 'tar czf', bytes: generated.bytes, of: 'tree', m: tar, baton: false },
       { step: 'baton verify (sha256)', bytes: packed.size, of: 'archive', m: verify, baton: true },
     ];
-    if (await loadUnpack()) {
-      progress('unpacking with baton');
-      const dest = path.join(tmp.dir, 'unpacked');
-      const unpack = await inChild('unpack', batonOut, dest);
-      const out = await treeStats(dest);
-      if (out.bytes !== generated.bytes || out.files !== generated.files)
-        throw new Error(
-          `unpacked ${out.files} files, ${out.bytes} bytes; packed ${generated.files}, ${generated.bytes}`,
-        );
-      rows.push({
-        step: 'baton unpack',
-        bytes: generated.bytes,
-        of: 'tree',
-        m: unpack,
-        baton: true,
-      });
-      const tarDest = path.join(tmp.dir, 'tar-unpacked');
-      await mkdir(tarDest);
-      const tarX = await external(['xzf', batonOut, '-C', tarDest]);
-      rows.push({
-        step: 'tar xzf (reference)',
-        bytes: generated.bytes,
-        of: 'tree',
-        m: tarX,
-        baton: false,
-      });
-    } else
-      progress(
-        'TODO: no baton unpack row: src/artifact/unpack.ts (unpackRelease) is not there yet',
+    progress('unpacking with baton');
+    const dest = path.join(tmp.dir, 'unpacked');
+    const unpack = await inChild('unpack', batonOut, dest);
+    const out = await treeStats(dest);
+    if (out.bytes !== generated.bytes || out.files !== generated.files)
+      throw new Error(
+        `unpacked ${out.files} files, ${out.bytes} bytes; packed ${generated.files}, ${generated.bytes}`,
       );
+    rows.push({
+      step: 'baton unpack',
+      bytes: generated.bytes,
+      of: 'tree',
+      m: unpack,
+      baton: true,
+    });
+    const tarDest = path.join(tmp.dir, 'tar-unpacked');
+    await mkdir(tarDest);
+    const tarX = await external(['xzf', batonOut, '-C', tarDest]);
+    rows.push({
+      step: 'tar xzf (reference)',
+      bytes: generated.bytes,
+      of: 'tree',
+      m: tarX,
+      baton: false,
+    });
 
     const mibps = (r: Row) => r.bytes / MiB / (r.m.ms / 1000);
     const rss = (r: Row) => (r.m.maxRssKiB === undefined ? NaN : r.m.maxRssKiB / 1024);

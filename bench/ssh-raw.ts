@@ -4,8 +4,8 @@ import { spawn } from 'node:child_process';
 import { createReadStream } from 'node:fs';
 import { open } from 'node:fs/promises';
 import ssh2, { type Algorithms, type ConnectConfig } from 'ssh2';
-import type { TestSshd } from '../test/support/sshd.js';
-import { withDeadline } from '../test/support/harness.js';
+import type { TestSshd } from '../support/sshd.js';
+import { withDeadline } from '../support/deadline.js';
 
 // ssh2 is CommonJS and Node's ESM loader finds only some of its named exports.
 const { Client } = ssh2;

@@ -10,7 +10,7 @@ import { Pack } from 'tar';
 import type { SignedManifest } from '../src/protocol/manifest.js';
 import { buildManifest, makeReleaseId } from '../src/artifact/release-id.js';
 import { parseSignedManifest, signManifest } from '../src/artifact/sign.js';
-import { FIXTURES } from '../test/support/harness.js';
+import { FIXTURES } from '../support/paths.js';
 
 const MiB = 1024 * 1024;
 // Level 0 (stored blocks) packs at ~270 MiB/s here, level 1 at ~40 (it still tries on random

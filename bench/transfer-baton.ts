@@ -3,9 +3,9 @@
 import { deployToHost, type HostPlan, type HostReporter } from '../src/deploy/host-deploy.js';
 import type { DeployOutcome } from '../src/protocol/channel.js';
 import { sshDialer } from '../src/transport/dialer.js';
-import { startChannelAgent } from '../test/support/channel-support.js';
-import { withDeadline } from '../test/support/harness.js';
-import type { TestSshd } from '../test/support/sshd.js';
+import { startChannelAgent } from '../support/channel-agent.js';
+import { withDeadline } from '../support/deadline.js';
+import type { TestSshd } from '../support/sshd.js';
 import { cpuSeconds, machineBusySeconds, peakRssKiB } from './proc-stats.js';
 import { signedManifest, type Artifact } from './transfer-artifact.js';
 

@@ -6,35 +6,23 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { openListener } from '../../src/supervisor/listeners.js';
 import { isAlive } from '../../src/supervisor/process-util.js';
-import {
-  CLI,
-  control,
-  FIXTURES,
-  freePort,
-  get,
-  listenerPort,
-  load,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
-  withDeadline,
-  withWebAgent,
-  writeConfig,
-} from '../support/harness.js';
+import { releases, webApp, writeConfig } from '../../support/agent-config.js';
+import { startAgent } from '../../support/agent-process.js';
+import { control, listenerPort } from '../../support/control.js';
+import { withDeadline } from '../../support/deadline.js';
+import { freePort } from '../../support/free-port.js';
+import { get } from '../../support/http-get.js';
+import { startLoad } from '../../support/load-client.js';
+import { FIXTURES } from '../../support/paths.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { withWebAgent } from '../support/web-agent.js';
+import { waitGone } from '../support/processes.js';
+import { batonSync } from '../../support/baton-cli.js';
 
+/** The CLI's exit code and output, named as these tests read them. */
 function cli(...args: string[]): { code: number | null; stdout: string; stderr: string } {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+  const r = batonSync(args);
   return { code: r.status, stdout: r.stdout, stderr: r.stderr };
-}
-
-async function waitGone(pid: number): Promise<void> {
-  await withDeadline(
-    (async () => {
-      while (isAlive(pid)) await new Promise((r) => setTimeout(r, 50));
-    })(),
-    `pid ${pid} to exit`,
-  );
 }
 
 describe('agent lifecycle', () => {
@@ -186,7 +174,7 @@ describe('agent lifecycle', () => {
         apps: { generation: { pid: number }; listeners: { origin: string }[] }[];
       };
       assert.equal(status.apps[0]!.listeners[0]!.origin, 'inherited');
-      const traffic = load(held.port!, { workers: 8, keepAlive: false });
+      const traffic = startLoad(held.port!, { workers: 8, keepAlive: false });
       first.proc.kill('SIGKILL');
       await first.exited;
       const second = await startAgent(config, activation);
@@ -222,7 +210,7 @@ describe('agent lifecycle', () => {
       });
       const first = await startAgent(config);
       const port = listenerPort((await control(first.socket, { method: 'status' })).result);
-      const traffic = load(port, { workers: 8, keepAlive: true });
+      const traffic = startLoad(port, { workers: 8, keepAlive: true });
       const { result } = await control(first.socket, { method: 'upgrade' });
       const newPid = (result as { pid: number }).pid;
       assert.notEqual(newPid, first.pid);
@@ -261,7 +249,7 @@ describe('agent lifecycle', () => {
       { command: ['python3', path.join(FIXTURES, 'python_app.py')] },
       async ({ agent, port, dirs }) => {
         assert.match((await get(port)).body, /^python v1 /);
-        const traffic = load(port, { workers: 8, keepAlive: false });
+        const traffic = startLoad(port, { workers: 8, keepAlive: false });
         await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: dirs.v2! });
         const r = await traffic.stop();
         assert.deepEqual(r.errors, {});

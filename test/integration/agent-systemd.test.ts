@@ -5,16 +5,11 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { createInterface } from 'node:readline';
-import {
-  control,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
-  withDeadline,
-  writeConfig,
-} from '../support/harness.js';
-import { until } from '../support/channel-support.js';
+import { releases, webApp, writeConfig } from '../../support/agent-config.js';
+import { startAgent } from '../../support/agent-process.js';
+import { control } from '../../support/control.js';
+import { waitUntil, withDeadline } from '../../support/deadline.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 /** What systemd would receive on its notify socket, as a test can see it. */
 interface Received {
@@ -95,24 +90,24 @@ describe('the agent as a Type=notify systemd service', () => {
         env: { NOTIFY_SOCKET: socket, WATCHDOG_USEC: '400000' },
         ownPid: ['WATCHDOG_PID'],
       });
-      await until(() => has(systemd, (m) => m.startsWith('READY=1')), 'READY=1');
+      await waitUntil(() => has(systemd, (m) => m.startsWith('READY=1')), 'READY=1');
       const ready = systemd.messages.find((m) => m.startsWith('READY=1'))!;
       assert.match(ready, /^READY=1\nSTATUS=web: v1 \(running\)$/);
       // WATCHDOG_USEC=400 ms: pings every 200 ms.
-      await until(
+      await waitUntil(
         () => systemd.messages.filter((m) => m === 'WATCHDOG=1').length >= 2,
         'watchdog pings',
       );
       await control(agent.socket, { method: 'deploy', app: 'web', releaseDir: v2! });
-      await until(() => has(systemd, (m) => m === 'STATUS=web: v2 (running)'), 'STATUS for v2');
+      await waitUntil(() => has(systemd, (m) => m === 'STATUS=web: v2 (running)'), 'STATUS for v2');
 
       const { result } = await control(agent.socket, { method: 'upgrade' });
       successor = (result as { pid: number }).pid;
-      await until(() => has(systemd, (m) => m === `MAINPID=${successor}`), 'MAINPID=');
+      await waitUntil(() => has(systemd, (m) => m === `MAINPID=${successor}`), 'MAINPID=');
       assert.equal(await withDeadline(agent.exited, 'old agent exit'), 0);
       // Pings go on once the old agent is gone: the successor sends them.
       const before = systemd.messages.length;
-      await until(
+      await waitUntil(
         () => systemd.messages.slice(before).filter((m) => m === 'WATCHDOG=1').length >= 2,
         'watchdog pings from the new agent',
       );
@@ -121,16 +116,19 @@ describe('the agent as a Type=notify systemd service', () => {
       const first = successor;
       const next = await control(agent.socket, { method: 'upgrade' });
       successor = (next.result as { pid: number }).pid;
-      await until(() => has(systemd, (m) => m === `MAINPID=${successor}`), 'the second MAINPID=');
-      await until(() => !alive(first), 'the first successor to exit');
+      await waitUntil(
+        () => has(systemd, (m) => m === `MAINPID=${successor}`),
+        'the second MAINPID=',
+      );
+      await waitUntil(() => !alive(first), 'the first successor to exit');
       const later = systemd.messages.length;
-      await until(
+      await waitUntil(
         () => systemd.messages.slice(later).filter((m) => m === 'WATCHDOG=1').length >= 2,
         'watchdog pings from the agent after two upgrades',
       );
       process.kill(successor, 'SIGTERM');
-      await until(() => has(systemd, (m) => m === 'STOPPING=1'), 'STOPPING=1');
-      await until(() => !alive(successor!), 'the new agent to stop');
+      await waitUntil(() => has(systemd, (m) => m === 'STOPPING=1'), 'STOPPING=1');
+      await waitUntil(() => !alive(successor!), 'the new agent to stop');
       successor = undefined;
     } finally {
       if (successor !== undefined) process.kill(successor, 'SIGKILL');
@@ -153,7 +151,7 @@ describe('the agent as a Type=notify systemd service', () => {
       });
       const agent = await startAgent(config, { env: { NOTIFY_SOCKET: `@${name}` } });
       try {
-        await until(() => has(systemd, (m) => m.includes('READY=1')), 'READY=1');
+        await waitUntil(() => has(systemd, (m) => m.includes('READY=1')), 'READY=1');
         const i = systemd.messages.findIndex((m) => m.includes('READY=1'));
         assert.match(systemd.messages[i]!, /STATUS=web: v1 \(running\)/);
         assert.equal(systemd.senders[i], agent.pid, 'sent with the agent as the sender');

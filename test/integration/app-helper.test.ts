@@ -3,14 +3,12 @@ import { spawn } from 'node:child_process';
 import http from 'node:http';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import {
-  control,
-  FIXTURES,
-  freePort,
-  get,
-  withDeadline,
-  withWebAgent,
-} from '../support/harness.js';
+import { control } from '../../support/control.js';
+import { withDeadline } from '../../support/deadline.js';
+import { freePort } from '../../support/free-port.js';
+import { get } from '../../support/http-get.js';
+import { FIXTURES } from '../../support/paths.js';
+import { withWebAgent } from '../support/web-agent.js';
 
 describe('app helper (baton/app)', () => {
   it('drain lets a long request finish and closes an idle keep-alive connection cleanly', () =>

@@ -1,26 +1,19 @@
 import assert from 'node:assert/strict';
-import { spawnSync } from 'node:child_process';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import {
-  CLI,
-  control,
-  controlError,
-  FIXTURES,
-  get,
-  listenerPort,
-  load,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
-  writeConfig,
-  type RunningAgent,
-} from '../support/harness.js';
+import { releases, webApp, writeConfig } from '../../support/agent-config.js';
+import { type RunningAgent, startAgent } from '../../support/agent-process.js';
+import { control, controlError, listenerPort } from '../../support/control.js';
+import { get } from '../../support/http-get.js';
+import { startLoad } from '../../support/load-client.js';
+import { FIXTURES } from '../../support/paths.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { batonSync } from '../../support/baton-cli.js';
 
+/** Runs the CLI, which must succeed; its stdout. */
 function baton(...args: string[]): string {
-  const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
+  const r = batonSync(args);
   assert.equal(r.status, 0, `baton ${args.join(' ')}: ${r.stderr}`);
   return r.stdout;
 }
@@ -85,7 +78,7 @@ describe('deploying packed, signed artifacts through the release store', () => {
 
   it('deploys a signed artifact under load with zero drops, the release running from its own unpacked copy', async () => {
     const a1 = await pack('a1');
-    const traffic = load(port, { workers: 8, keepAlive: false });
+    const traffic = startLoad(port, { workers: 8, keepAlive: false });
     await deploy(a1);
     const r = await traffic.stop();
     assert.deepEqual(r.errors, {});

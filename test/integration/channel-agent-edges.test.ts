@@ -5,27 +5,19 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import type { AgentStatus } from '../../src/protocol/results.js';
 import { isAlive } from '../../src/supervisor/process-util.js';
-import { appStatus, BY_MODE } from '../support/failures-support.js';
-import {
-  control,
-  get,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
-  withDeadline,
-  writeConfig,
-} from '../support/harness.js';
-import {
-  batonAsync,
-  batonSync,
-  errorCodeOf,
-  gatedHook,
-  outcomeOf,
-  readAudit,
-  startChannelAgent,
-  type ChannelAgent,
-} from '../support/channel-support.js';
+import { releases, webApp, writeConfig } from '../../support/agent-config.js';
+import { startAgent } from '../../support/agent-process.js';
+import { batonAsync, batonSync } from '../../support/baton-cli.js';
+import { type ChannelAgent, startChannelAgent } from '../../support/channel-agent.js';
+import { appStatus, control } from '../../support/control.js';
+import { withDeadline } from '../../support/deadline.js';
+import { get } from '../../support/http-get.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { readAudit } from '../support/audit-log.js';
+import { errorCodeOf, outcomeOf } from '../support/cli-output.js';
+import { gatedHook } from '../support/gates.js';
+import { BY_MODE } from '../support/mode-release.js';
+import { waitGone } from '../support/processes.js';
 
 type Rec = Record<string, unknown>;
 
@@ -35,15 +27,6 @@ async function serving(
 ): Promise<{ number: number; pid: number; restarts: number }> {
   const app = await appStatus(ch.agent.socket);
   return { number: app.generation!.number, pid: app.generation!.pid, restarts: app.restarts };
-}
-
-async function waitGone(pid: number): Promise<void> {
-  await withDeadline(
-    (async () => {
-      while (isAlive(pid)) await new Promise((r) => setTimeout(r, 50));
-    })(),
-    `pid ${pid} to exit`,
-  );
 }
 
 /** Phases logged from record `from` on that mean the app was stopped, restarted or replaced. */

@@ -3,15 +3,12 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import { clientMac, makeNonce } from '../../src/transport/auth.js';
-import { load, withDeadline } from '../support/harness.js';
-import {
-  batonAsync,
-  outcomeOf,
-  phasesOf,
-  readAudit,
-  startChannelAgent,
-  type ChannelAgent,
-} from '../support/channel-support.js';
+import { batonAsync } from '../../support/baton-cli.js';
+import { type ChannelAgent, startChannelAgent } from '../../support/channel-agent.js';
+import { withDeadline } from '../../support/deadline.js';
+import { startLoad } from '../../support/load-client.js';
+import { readAudit } from '../support/audit-log.js';
+import { outcomeOf, phasesOf } from '../support/cli-output.js';
 
 describe('remote deploys over the channel, direct ws:// on loopback', () => {
   let ch: ChannelAgent;
@@ -24,7 +21,7 @@ describe('remote deploys over the channel, direct ws:// on loopback', () => {
 
   it('deploys a directory under load with every phase streamed, then redeploys it sending 0 bytes', async () => {
     const src = await ch.source('v1');
-    const traffic = load(ch.appPort, { workers: 4, keepAlive: true, maxRequests: 100_000 });
+    const traffic = startLoad(ch.appPort, { workers: 4, keepAlive: true, maxRequests: 100_000 });
     const run = batonAsync(ch.deployArgs(src, 'v1', ...ch.direct));
     const res = await run.done;
     const served = await traffic.stop();

@@ -10,15 +10,12 @@ import type { AgentStatus } from '../../src/protocol/results.js';
 import { agentProof, clientMac, makeNonce } from '../../src/transport/auth.js';
 import { AgentClient } from '../../src/transport/client.js';
 import { directDialer } from '../../src/transport/dialer.js';
-import { control, get, withDeadline } from '../support/harness.js';
-import {
-  batonSync,
-  readAudit,
-  startChannelAgent,
-  until,
-  type AuditLine,
-  type ChannelAgent,
-} from '../support/channel-support.js';
+import { batonSync } from '../../support/baton-cli.js';
+import { type ChannelAgent, startChannelAgent } from '../../support/channel-agent.js';
+import { control } from '../../support/control.js';
+import { waitUntil, withDeadline } from '../../support/deadline.js';
+import { get } from '../../support/http-get.js';
+import { type AuditLine, readAudit } from '../support/audit-log.js';
 import { RawClient } from '../support/raw-client.js';
 
 /*
@@ -52,7 +49,7 @@ async function authenticate(c: RawClient, token: string) {
 
 /** Expects the agent to say `code` and close with `closeCode`. */
 async function refused(c: RawClient, code: string | undefined, closeCode: number, what: string) {
-  const closed = await c.untilClosed(what);
+  const closed = await c.waitClosed(what);
   assert.equal(closed.code, closeCode, `${what}: close code (${closed.reason})`);
   if (code !== undefined)
     assert.deepEqual(
@@ -65,7 +62,7 @@ async function refused(c: RawClient, code: string | undefined, closeCode: number
 }
 
 async function auditEntry(ch: ChannelAgent, pred: (a: AuditLine) => boolean, what: string) {
-  await until(async () => (await readAudit(ch)).some(pred), `audit log: ${what}`);
+  await waitUntil(async () => (await readAudit(ch)).some(pred), `audit log: ${what}`);
   return (await readAudit(ch)).find(pred)!;
 }
 
@@ -526,8 +523,8 @@ describe('channel under hostile input: connections piling up unauthenticated', (
     const notUtf8 = await RawClient.open(ch.channelPort, '127.0.0.1', {
       first: [{ data: Buffer.from([0xff, 0xff]), binary: false }],
     });
-    await notUtf8.untilClosed('a connection sending text that is not UTF-8');
-    await hostile.untilClosed('a connection sending bad frames');
+    await notUtf8.waitClosed('a connection sending text that is not UTF-8');
+    await hostile.waitClosed('a connection sending bad frames');
 
     // The authenticated connection does not count, and still works.
     authed.send({ type: 'status', requestId: 'while-full' });
@@ -536,7 +533,7 @@ describe('channel under hostile input: connections piling up unauthenticated', (
 
     for (const c of pending) {
       c.close();
-      await c.untilClosed('a held connection to close');
+      await c.waitClosed('a held connection to close');
     }
     await stillServes(ch, { retryBusy: true });
   });
@@ -563,7 +560,7 @@ describe('channel under hostile input: an artifact over the size limit', () => {
     assert.equal(result.outcome.ok, false);
     assert.equal(result.outcome.error?.code, 'ARCHIVE_TOO_LARGE');
     leaver.close();
-    await leaver.untilClosed('the client to leave');
+    await leaver.waitClosed('the client to leave');
     await stillServes(ch);
 
     // The same refusal, and the client sends the bytes anyway: the deploy is over, they are

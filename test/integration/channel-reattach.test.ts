@@ -3,18 +3,14 @@ import { randomBytes } from 'node:crypto';
 import { readdir } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { control, load } from '../support/harness.js';
-import {
-  batonAsync,
-  gatedHook,
-  jsonLines,
-  outcomeOf,
-  phasesOf,
-  readAudit,
-  startChannelAgent,
-  until,
-  type ChannelAgent,
-} from '../support/channel-support.js';
+import { batonAsync } from '../../support/baton-cli.js';
+import { type ChannelAgent, startChannelAgent } from '../../support/channel-agent.js';
+import { control } from '../../support/control.js';
+import { waitUntil } from '../../support/deadline.js';
+import { startLoad } from '../../support/load-client.js';
+import { readAudit } from '../support/audit-log.js';
+import { jsonLines, outcomeOf, phasesOf } from '../support/cli-output.js';
+import { gatedHook } from '../support/gates.js';
 import { startCutProxy, type CutProxy } from '../support/cut-proxy.js';
 
 describe('a dropped connection: the deploy comes to one consistent end, and re-attaches', () => {
@@ -41,7 +37,7 @@ describe('a dropped connection: the deploy comes to one consistent end, and re-a
       // Random bytes do not compress: the archive is about as big as the file.
       const src = await ch.source(id, { files: { 'blob.bin': randomBytes(mib * 1024 * 1024) } });
       const before = await ch.generation();
-      const traffic = load(ch.appPort, { workers: 2, keepAlive: true, maxRequests: 100_000 });
+      const traffic = startLoad(ch.appPort, { workers: 2, keepAlive: true, maxRequests: 100_000 });
       proxy.cutAfter(cutMib * 1024 * 1024);
       const run = batonAsync(
         ch.deployArgs(src, id, '--deploy-id', `cut-upload-${mib}`, ...viaProxy()),
@@ -89,7 +85,7 @@ describe('a dropped connection: the deploy comes to one consistent end, and re-a
     );
     const connectionsBefore = proxy.connections;
     proxy.cut();
-    await until(() => proxy.connections > connectionsBefore, 'the client reconnects');
+    await waitUntil(() => proxy.connections > connectionsBefore, 'the client reconnects');
     await gate.open();
     const res = await run.done;
     assert.equal(res.code, 0, res.stderr);
@@ -116,7 +112,7 @@ describe('a dropped connection: the deploy comes to one consistent end, and re-a
     await run.waitLine((l) => l.includes('"progress"'), 'upload under way');
     process.kill(run.pid, 'SIGKILL');
     await run.done;
-    await until(
+    await waitUntil(
       async () =>
         (await readAudit(ch)).some(
           (a) => a.deployId === 'gone-upload-1' && a.event === 'deploy-finished',

@@ -6,19 +6,14 @@ import { after, before, describe, it } from 'node:test';
 import { WebSocket } from 'ws';
 import type { AgentStatus } from '../../src/protocol/results.js';
 import { openSsh } from '../../src/transport/ssh.js';
-import { load, withDeadline } from '../support/harness.js';
-import {
-  batonAsync,
-  errorCodeOf,
-  gatedHook,
-  jsonLines,
-  outcomeOf,
-  startChannelAgent,
-  until,
-  type ChannelAgent,
-} from '../support/channel-support.js';
+import { batonAsync } from '../../support/baton-cli.js';
+import { type ChannelAgent, startChannelAgent } from '../../support/channel-agent.js';
+import { waitUntil, withDeadline } from '../../support/deadline.js';
+import { startLoad } from '../../support/load-client.js';
+import { errorCodeOf, jsonLines, outcomeOf } from '../support/cli-output.js';
+import { gatedHook } from '../support/gates.js';
 import { startCutProxy, type CutProxy } from '../support/cut-proxy.js';
-import { startSshd, type TestSshd } from '../support/sshd.js';
+import { startSshd, type TestSshd } from '../../support/sshd.js';
 
 describe('remote deploys through a real OpenSSH server', () => {
   let ch: ChannelAgent;
@@ -52,7 +47,7 @@ describe('remote deploys through a real OpenSSH server', () => {
 
   it('deploys under load with zero failed requests, lists releases, then rolls back', async () => {
     const src = await ch.source('s1');
-    const traffic = load(ch.appPort, { workers: 4, keepAlive: false, maxRequests: 100_000 });
+    const traffic = startLoad(ch.appPort, { workers: 4, keepAlive: false, maxRequests: 100_000 });
     const res = await batonAsync(ch.deployArgs(src, 's1', ...ssh)).done;
     assert.equal(res.code, 0, res.stderr);
     const outcome = outcomeOf(res.stdout);
@@ -218,7 +213,7 @@ describe('remote deploys through a real OpenSSH server', () => {
       );
       const seen = proxy.connections;
       proxy.cut();
-      await until(() => proxy.connections > seen, 'the client reconnects');
+      await waitUntil(() => proxy.connections > seen, 'the client reconnects');
       await gate.open();
       const res = await run.done;
       assert.equal(res.code, 0, res.stderr);

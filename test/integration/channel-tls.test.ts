@@ -3,14 +3,10 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { promisify } from 'node:util';
-import { tempDir } from '../support/harness.js';
-import {
-  batonAsync,
-  errorCodeOf,
-  outcomeOf,
-  startChannelAgent,
-  type ChannelAgent,
-} from '../support/channel-support.js';
+import { batonAsync } from '../../support/baton-cli.js';
+import { type ChannelAgent, startChannelAgent } from '../../support/channel-agent.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { errorCodeOf, outcomeOf } from '../support/cli-output.js';
 
 const run = promisify(execFile);
 

@@ -3,18 +3,12 @@ import { stat } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import {
-  control,
-  get,
-  listenerPort,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
-  withDeadline,
-  writeConfig,
-  type RunningAgent,
-} from '../support/harness.js';
+import { releases, webApp, writeConfig } from '../../support/agent-config.js';
+import { type RunningAgent, startAgent } from '../../support/agent-process.js';
+import { control, listenerPort } from '../../support/control.js';
+import { withDeadline } from '../../support/deadline.js';
+import { get } from '../../support/http-get.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 /** Sends raw bytes on the control socket and collects what comes back until the agent closes or `lines` arrive. */
 function raw(socket: string, payload: string | Buffer, lines = 1): Promise<string[]> {

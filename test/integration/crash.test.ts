@@ -1,49 +1,28 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import {
-  control,
-  get,
-  listenerPort,
-  startAgent,
-  tempDir,
-  webApp,
-  withDeadline,
-  writeConfig,
-  type RunningAgent,
-} from '../support/harness.js';
-import {
-  appStatus,
-  BY_MODE,
-  gate,
-  getWithConnect,
-  modeRelease,
-} from '../support/failures-support.js';
+import { webApp, writeConfig } from '../../support/agent-config.js';
+import { type RunningAgent, startAgent } from '../../support/agent-process.js';
+import { appStatus, control, listenerPort } from '../../support/control.js';
+import { withDeadline } from '../../support/deadline.js';
+import { get, getWithConnect } from '../../support/http-get.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { gate } from '../support/gates.js';
+import { BY_MODE, modeRelease, startModeAgent, type ModeAgent } from '../support/mode-release.js';
 
 type Rec = Record<string, unknown>;
 
 describe('crash supervision', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  let tmp: ModeAgent['tmp'];
   let agent: RunningAgent;
   let port: number;
   let v1: string;
 
   before(async () => {
-    tmp = await tempDir();
-    v1 = await modeRelease(tmp.dir, 'v1', 'serve');
-    const config = await writeConfig(tmp.dir, {
-      stateDir: './state',
-      apps: [
-        webApp({
-          command: BY_MODE,
-          release: v1,
-          // A window with no generation at all after each crash. resetAfterMs: 1 keeps the
-          // backoff from doubling between this file's crashes (each generation "served" long enough).
-          restart: { initialBackoffMs: 1500, resetAfterMs: 1 },
-        }),
-      ],
-    });
-    agent = await startAgent(config);
-    port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+    ({ tmp, v1, agent, port } = await startModeAgent({
+      // A window with no generation at all after each crash. resetAfterMs: 1 keeps the
+      // backoff from doubling between this file's crashes (each generation "served" long enough).
+      restart: { initialBackoffMs: 1500, resetAfterMs: 1 },
+    }));
   });
   after(async () => {
     await agent?.stop();

@@ -3,22 +3,16 @@ import { access } from 'node:fs/promises';
 import path from 'node:path';
 import { finished } from 'node:stream/promises';
 import { after, before, describe, it } from 'node:test';
-import {
-  control,
-  controlError,
-  get,
-  listenerPort,
-  load,
-  startAgent,
-  tempDir,
-  webApp,
-  withDeadline,
-  writeConfig,
-  type LoadResult,
-  type RunningAgent,
-} from '../support/harness.js';
+import { webApp, writeConfig } from '../../support/agent-config.js';
+import { type RunningAgent, startAgent } from '../../support/agent-process.js';
+import { appStatus, control, controlError, listenerPort } from '../../support/control.js';
+import { withDeadline } from '../../support/deadline.js';
+import { get } from '../../support/http-get.js';
+import { type LoadResult, startLoad } from '../../support/load-client.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { gate } from '../support/gates.js';
+import { BY_MODE, modeRelease, startModeAgent, type ModeAgent } from '../support/mode-release.js';
 import { isAlive } from '../../src/supervisor/process-util.js';
-import { appStatus, BY_MODE, gate, modeRelease } from '../support/failures-support.js';
 
 /** The pid of the generation started for `releaseId`, from the agent's log. */
 async function startedPid(agent: RunningAgent, releaseId: string): Promise<number> {
@@ -41,32 +35,20 @@ function assertClean(r: LoadResult, versions: string[]): void {
 }
 
 describe('a failed deploy leaves the old generation serving', () => {
-  let tmp: Awaited<ReturnType<typeof tempDir>>;
+  let tmp: ModeAgent['tmp'];
   let agent: RunningAgent;
   let port: number;
-  let v1: string;
 
   before(async () => {
-    tmp = await tempDir();
-    v1 = await modeRelease(tmp.dir, 'v1', 'serve');
-    const config = await writeConfig(tmp.dir, {
-      stateDir: './state',
-      apps: [
-        webApp({
-          command: BY_MODE,
-          release: v1,
-          readiness: { type: 'notify', timeoutMs: 2000 },
-          hooks: {
-            beforeRestart: {
-              run: 'test ! -e fail-hook || { echo hook says no; exit 1; }',
-              timeoutMs: 20_000,
-            },
-          },
-        }),
-      ],
-    });
-    agent = await startAgent(config);
-    port = listenerPort((await control(agent.socket, { method: 'status' })).result);
+    ({ tmp, agent, port } = await startModeAgent({
+      readiness: { type: 'notify', timeoutMs: 2000 },
+      hooks: {
+        beforeRestart: {
+          run: 'test ! -e fail-hook || { echo hook says no; exit 1; }',
+          timeoutMs: 20_000,
+        },
+      },
+    }));
   });
   after(async () => {
     await agent?.stop();
@@ -81,8 +63,8 @@ describe('a failed deploy leaves the old generation serving', () => {
     const before = await appStatus(agent.socket);
     assert.equal(before.release?.id, 'v1');
     const traffic = [
-      load(port, { workers: 4, keepAlive: true }),
-      load(port, { workers: 4, keepAlive: false }),
+      startLoad(port, { workers: 4, keepAlive: true }),
+      startLoad(port, { workers: 4, keepAlive: false }),
     ];
     const outcome = await controlError(agent.socket, {
       method: 'deploy',
@@ -173,8 +155,8 @@ describe('a failed deploy leaves the old generation serving', () => {
     const v2 = await modeRelease(tmp.dir, 'v2', 'serve');
     const held = await gate(slow);
     const traffic = [
-      load(port, { workers: 4, keepAlive: true }),
-      load(port, { workers: 4, keepAlive: false }),
+      startLoad(port, { workers: 4, keepAlive: true }),
+      startLoad(port, { workers: 4, keepAlive: false }),
     ];
     const first = control(agent.socket, { method: 'deploy', app: 'web', releaseDir: slow }).finally(
       () => held.close(),

@@ -1,17 +1,11 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, it } from 'node:test';
-import {
-  control,
-  get,
-  listenerPort,
-  load,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
-  writeConfig,
-  type RunningAgent,
-} from '../support/harness.js';
+import { releases, webApp, writeConfig } from '../../support/agent-config.js';
+import { type RunningAgent, startAgent } from '../../support/agent-process.js';
+import { control, listenerPort } from '../../support/control.js';
+import { get } from '../../support/http-get.js';
+import { startLoad } from '../../support/load-client.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 describe('handover under concurrent requests', () => {
   let tmp: Awaited<ReturnType<typeof tempDir>>;
@@ -36,7 +30,7 @@ describe('handover under concurrent requests', () => {
 
   for (const keepAlive of [true, false]) {
     it(`drops nothing with ${keepAlive ? 'keep-alive connections' : 'a new connection per request'}`, async () => {
-      const traffic = load(port, { workers: 16, keepAlive });
+      const traffic = startLoad(port, { workers: 16, keepAlive });
       // Hand over three times while the load runs: v2, v3, and back to v1.
       for (const dir of [dirs[1]!, dirs[2]!, dirs[0]!]) {
         const { result } = await control(agent.socket, {

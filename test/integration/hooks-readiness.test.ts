@@ -2,17 +2,12 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import {
-  control,
-  controlError,
-  get,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
-  withWebAgent,
-  writeConfig,
-} from '../support/harness.js';
+import { releases, webApp, writeConfig } from '../../support/agent-config.js';
+import { startAgent } from '../../support/agent-process.js';
+import { control, controlError } from '../../support/control.js';
+import { get } from '../../support/http-get.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { withWebAgent } from '../support/web-agent.js';
 
 describe('lifecycle hooks', () => {
   it('run start, beforeRestart, afterRestart and stop in order, with release ids in their environment', async () => {

@@ -2,16 +2,11 @@ import assert from 'node:assert/strict';
 import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import {
-  control,
-  FIXTURES,
-  releases,
-  startAgent,
-  tempDir,
-  webApp,
-  writeConfig,
-  type RunningAgent,
-} from '../support/harness.js';
+import { releases, webApp, writeConfig } from '../../support/agent-config.js';
+import { type RunningAgent, startAgent } from '../../support/agent-process.js';
+import { control } from '../../support/control.js';
+import { FIXTURES } from '../../support/paths.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const WRITER = ['node', path.join(FIXTURES, 'log-writer.mjs')];
 /** 14 characters none of the fixture's own output contains. */

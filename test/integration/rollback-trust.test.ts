@@ -6,15 +6,13 @@ import type { SignedManifest } from '../../src/protocol/manifest.js';
 import { signManifest } from '../../src/artifact/sign.js';
 import type { ReleaseInfo, AgentStatus } from '../../src/protocol/results.js';
 import { isAlive } from '../../src/supervisor/process-util.js';
-import {
-  batonAsync,
-  batonSync,
-  errorCodeOf,
-  outcomeOf,
-  startChannelAgent,
-  type ChannelAgent,
-} from '../support/channel-support.js';
-import { control, get, withDeadline } from '../support/harness.js';
+import { batonAsync, batonSync } from '../../support/baton-cli.js';
+import { type ChannelAgent, startChannelAgent } from '../../support/channel-agent.js';
+import { control } from '../../support/control.js';
+import { withDeadline } from '../../support/deadline.js';
+import { get } from '../../support/http-get.js';
+import { errorCodeOf, outcomeOf } from '../support/cli-output.js';
+import { waitGone } from '../support/processes.js';
 
 /** The serving generation of `web`: unchanged means not touched. */
 async function serving(ch: ChannelAgent): Promise<{ pid: number; releaseId: string }> {
@@ -39,17 +37,8 @@ function releasesOf(ch: ChannelAgent, via: string[]): Record<string, ReleaseInfo
   return Object.fromEntries((JSON.parse(r.stdout) as ReleaseInfo[]).map((x) => [x.id, x]));
 }
 
-async function waitGone(pid: number): Promise<void> {
-  await withDeadline(
-    (async () => {
-      while (isAlive(pid)) await new Promise((r) => setTimeout(r, 50));
-    })(),
-    `pid ${pid} to exit`,
-  );
-}
-
 describe('rollback checks a stored release as it is now', () => {
-  it('a key removed from trustedKeys (agent upgraded with the new config): rollback and redeploy to what it signed are refused with KEY_REVOKED, listed untrusted; the release it signed that runs keeps running', async () => {
+  it('a key removed from trustedKeys: what it signed is refused for rollback and redeploy (KEY_REVOKED), while the release of it already running keeps running', async () => {
     const ch = await startChannelAgent();
     const config = path.join(ch.dir, 'agent.json');
     let successor: number | undefined;

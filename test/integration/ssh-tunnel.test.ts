@@ -13,8 +13,10 @@ import {
   type SshConnection,
   type SshOptions,
 } from '../../src/transport/ssh.js';
-import { freePort, tempDir, withDeadline } from '../support/harness.js';
-import { sshAgentAvailable, startSshAgent, startSshd, type TestSshd } from '../support/sshd.js';
+import { withDeadline } from '../../support/deadline.js';
+import { freePort } from '../../support/free-port.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { sshAgentAvailable, startSshAgent, startSshd, type TestSshd } from '../../support/sshd.js';
 
 const { utils } = ssh2;
 

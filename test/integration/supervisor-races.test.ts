@@ -2,17 +2,12 @@ import assert from 'node:assert/strict';
 import { mkdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import {
-  control,
-  controlError,
-  get,
-  listenerPort,
-  startAgent,
-  tempDir,
-  webApp,
-  writeConfig,
-} from '../support/harness.js';
-import { BY_MODE, modeRelease } from '../support/failures-support.js';
+import { webApp, writeConfig } from '../../support/agent-config.js';
+import { startAgent } from '../../support/agent-process.js';
+import { control, controlError, listenerPort } from '../../support/control.js';
+import { get } from '../../support/http-get.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { BY_MODE, modeRelease } from '../support/mode-release.js';
 
 type Rec = Record<string, unknown>;
 

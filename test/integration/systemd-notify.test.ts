@@ -5,16 +5,12 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { describe, it } from 'node:test';
 import type { SupervisorEvent } from '../../src/protocol/events.js';
-import {
-  control,
-  controlError,
-  FIXTURES,
-  get,
-  load,
-  withDeadline,
-  withWebAgent,
-} from '../support/harness.js';
-import { until } from '../support/channel-support.js';
+import { control, controlError } from '../../support/control.js';
+import { waitUntil, withDeadline } from '../../support/deadline.js';
+import { get } from '../../support/http-get.js';
+import { startLoad } from '../../support/load-client.js';
+import { FIXTURES } from '../../support/paths.js';
+import { withWebAgent } from '../support/web-agent.js';
 
 const run = promisify(execFile);
 
@@ -65,7 +61,7 @@ async function workerOf(ctx: WebCtx): Promise<number> {
 
 /** Waits for generation 1's worker to end, and checks it drained on a signal (not SIGKILL). */
 async function drainedOnSignal(ctx: WebCtx, workerPid: number): Promise<void> {
-  await until(async () => !(await isAlive(workerPid)), 'the worker to be drained');
+  await waitUntil(async () => !(await isAlive(workerPid)), 'the worker to be drained');
   const log = await readFile(path.join(ctx.dir, 'state/logs/web.gen-1.log'), 'utf8');
   assert.match(log, new RegExp(`^worker ${workerPid} drained$`, 'm'), 'it drained on the signal');
 }
@@ -75,7 +71,7 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
     await withWebAgent(['v1', 'v2'], sdApp({ SD_READY_DELAY: '0.5' }), async (ctx) => {
       const first = await webStatus(ctx.agent.socket);
       assert.match(first.notifyStatus ?? '', /^serving \d+$/);
-      const traffic = load(ctx.port, { workers: 4, keepAlive: false, maxRequests: 20_000 });
+      const traffic = startLoad(ctx.port, { workers: 4, keepAlive: false, maxRequests: 20_000 });
       const { events } = await control(ctx.agent.socket, {
         method: 'deploy',
         app: 'web',
@@ -177,11 +173,14 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
       assert.notEqual(mainPid, firstPid, 'the status names the forked child, not the parent');
       assert.ok(notifyLines(events, 2).includes(`MAINPID=${mainPid}`));
       // The parent has exited; the child serves, and no crash was seen.
-      await until(async () => !(await isAlive(firstPid)), 'the forking parent to exit');
+      await waitUntil(async () => !(await isAlive(firstPid)), 'the forking parent to exit');
       assert.equal((await get(ctx.port)).body, `sd v2 2 ${mainPid}\n`);
       assert.ok(!ctx.agent.events.some((e) => e.type === 'phase' && e.phase === 'crashed'));
       await control(ctx.agent.socket, { method: 'deploy', app: 'web', releaseDir: ctx.dirs.v3! });
-      await until(async () => !(await isAlive(mainPid)), 'the forked main process to be drained');
+      await waitUntil(
+        async () => !(await isAlive(mainPid)),
+        'the forked main process to be drained',
+      );
       assert.match((await get(ctx.port)).body, /^sd v3 3 /);
       // One drain signal, not one through its group and another to it as a stray.
       const stopping = ctx.agent.events.filter(
@@ -232,7 +231,7 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
 
   it('a missed watchdog restarts the generation like a crash, with no refused connection', async () => {
     await withWebAgent(['v1'], sdApp({}, { watchdogMs: 1500 }), async (ctx) => {
-      const traffic = load(ctx.port, { workers: 4, keepAlive: false, maxRequests: 50_000 });
+      const traffic = startLoad(ctx.port, { workers: 4, keepAlive: false, maxRequests: 50_000 });
       await get(ctx.port, '/stop-watchdog');
       await ctx.agent.waitFor(
         (r) => r.type === 'phase' && r.phase === 'crashed' && r.generation === 1,
@@ -243,7 +242,10 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
         'generation 2 to take over',
       );
       // Serve a while on generation 2, still pinging.
-      await until(async () => (await get(ctx.port)).body.startsWith('sd v1 2 '), 'generation 2');
+      await waitUntil(
+        async () => (await get(ctx.port)).body.startsWith('sd v1 2 '),
+        'generation 2',
+      );
       const result = await traffic.stop();
       const crashed = ctx.agent.events.find((e) => e.type === 'phase' && e.phase === 'crashed');
       assert.match(crashed?.type === 'phase' ? (crashed.detail ?? '') : '', /watchdog/);
@@ -289,7 +291,7 @@ describe('systemd notify protocol (NOTIFY_SOCKET)', () => {
       );
       // Read once the exec is done: a process mid-exec shows an empty environment.
       let socket = '';
-      await until(async () => {
+      await waitUntil(async () => {
         const environ = await readFile(`/proc/${started.pid as number}/environ`, 'utf8');
         socket = /(?:^|\0)NOTIFY_SOCKET=([^\0]+)/.exec(environ)?.[1] ?? '';
         return socket !== '';

@@ -16,7 +16,7 @@ import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import * as tar from 'tar';
 import { DEFAULT_UNPACK_LIMITS, unpackRelease } from '../../src/artifact/unpack.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 import { assertRefused } from '../support/tar-craft.js';
 
 describe('unpackRelease of a normal archive', () => {

@@ -1,6 +1,6 @@
 import { WebSocket } from 'ws';
 import { ServerMessageSchema, type ServerMessage } from '../../src/protocol/channel.js';
-import { withDeadline } from './harness.js';
+import { withDeadline } from '../../support/deadline.js';
 import { frameBytes } from '../../src/transport/frames.js';
 
 /** How the agent ended a connection. */
@@ -30,7 +30,7 @@ export class RawClient {
   readonly garbage: string[] = [];
   closedWith: Closed | undefined;
   private readonly closed: Promise<Closed>;
-  /** Called on every frame and on close: the waits in `next` and `until` look again. */
+  /** Called on every frame and on close: the waits in `next` and `holdsWithin` look again. */
   private readonly listeners = new Set<() => void>();
 
   private constructor(
@@ -132,8 +132,8 @@ export class RawClient {
     ).finally(() => this.listeners.delete(check));
   }
 
-  /** Resolves true once `done()` holds (checked on every frame and on close), false after `ms`. */
-  until(done: () => boolean, ms: number): Promise<boolean> {
+  /** Resolves true once `done()` holds (checked on every frame and on close), false after `ms`: never throws. */
+  holdsWithin(done: () => boolean, ms: number): Promise<boolean> {
     return new Promise((resolve) => {
       const check = () => {
         if (!done()) return;
@@ -150,8 +150,8 @@ export class RawClient {
     });
   }
 
-  /** Resolves when the agent has closed the connection. */
-  untilClosed(what: string): Promise<Closed> {
+  /** Resolves when the agent has closed the connection; throws at the test deadline. */
+  waitClosed(what: string): Promise<Closed> {
     return withDeadline(this.closed, what);
   }
 

@@ -6,7 +6,7 @@ import { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { createGzip } from 'node:zlib';
 import { BatonError, errorCode } from '../../src/errors.js';
-import { tempDir } from './harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 /**
  * Hand-made tar entries for hostile-archive tests: every header field is what the test says,

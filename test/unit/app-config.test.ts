@@ -8,7 +8,7 @@ import {
   readAppDeployConfig,
 } from '../../src/artifact/app-config.js';
 import { rejectsWith } from '../support/artifact-support.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const FULL = `
 command: [node, server.js, --port-from-fd]

@@ -26,7 +26,7 @@ import {
   type SessionMessage,
 } from '../../src/transport/deploy-session.js';
 import { rejectsWith } from '../support/artifact-support.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const origin = { actor: 'ci' };
 const info = (id: string, app = 'web') => ({

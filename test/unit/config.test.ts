@@ -5,7 +5,7 @@ import { after, before, describe, it } from 'node:test';
 import { BatonError } from '../../src/errors.js';
 import { loadAgentConfig, parseAgentConfig } from '../../src/supervisor/config.js';
 import { type AgentConfig } from '../../src/protocol/agent-config.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const SOURCE = '/etc/baton/agent.yml';
 

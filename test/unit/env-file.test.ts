@@ -10,7 +10,7 @@ import {
   readEnvFile,
   secretValues,
 } from '../../src/supervisor/env-file.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const SECRET = 'hunter2-s3cr3t';
 

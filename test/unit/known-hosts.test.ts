@@ -15,7 +15,7 @@ import {
   hostKeyError,
   normalizeFingerprint,
 } from '../../src/transport/known-hosts.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const { utils } = ssh2;
 

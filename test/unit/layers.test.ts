@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { readdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { describe, it } from 'node:test';
-import { ROOT } from '../support/harness.js';
+import { ROOT } from '../../support/paths.js';
 
 /**
  * The layers of `src/`, lowest first: a file imports from its own folder or from a lower layer,
@@ -82,5 +82,21 @@ describe('the layers of src/', () => {
     };
     for (const file of files) visit(file, []);
     assert.deepEqual(cycles, [], `import loops:\n${cycles.join('\n')}`);
+  });
+
+  it('outside src/, what tests, benches and the demo share lives in support/, which imports neither', () => {
+    const wrong: string[] = [];
+    for (const [folder, never] of [
+      ['support', ['test', 'bench']],
+      ['bench', ['test']],
+    ] as const) {
+      for (const file of sourceFiles(path.join(ROOT, folder)))
+        for (const target of importsOf(file)) {
+          const top = path.relative(ROOT, target).split(path.sep)[0]!;
+          if ((never as readonly string[]).includes(top))
+            wrong.push(`${path.relative(ROOT, file)} imports ${path.relative(ROOT, target)}`);
+        }
+    }
+    assert.deepEqual(wrong, [], wrong.join('\n'));
   });
 });

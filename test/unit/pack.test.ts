@@ -6,7 +6,7 @@ import { after, before, describe, it } from 'node:test';
 import { create } from 'tar';
 import { hashFile, packDirectory, packInput } from '../../src/artifact/pack.js';
 import { listEntries, rejectsWith, writeTree, type Tree } from '../support/artifact-support.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 import { tarBlocks, writeGz } from '../support/tar-craft.js';
 
 const TREE: Tree = {

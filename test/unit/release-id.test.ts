@@ -4,7 +4,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { ReleaseIdSchema } from '../../src/protocol/manifest.js';
 import { buildManifest, makeReleaseId } from '../../src/artifact/release-id.js';
-import { ROOT } from '../support/harness.js';
+import { ROOT } from '../../support/paths.js';
 
 const DIGEST = '0123456789abcdef'.repeat(4);
 const ARCHIVE = { sha256: DIGEST, size: 1234, entries: 5 };

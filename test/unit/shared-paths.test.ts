@@ -18,7 +18,7 @@ import path from 'node:path';
 import { describe, it } from 'node:test';
 import { BatonError } from '../../src/errors.js';
 import { linkShared, prepareShared, sharedRoot } from '../../src/supervisor/shared-paths.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const NOBODY = { uid: 65534, gid: 65534 };
 

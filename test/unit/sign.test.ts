@@ -16,7 +16,7 @@ import {
   verifyManifest,
 } from '../../src/artifact/sign.js';
 import { rejectsWith, writeTree } from '../support/artifact-support.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const ALLOW = { allowUnsigned: true };
 const REFUSE = { allowUnsigned: false };

@@ -7,7 +7,7 @@ import { buildManifest } from '../../src/artifact/release-id.js';
 import { generateKeyPair, signManifest, type KeyPair } from '../../src/artifact/sign.js';
 import { ReleaseStore, type StoreOptions } from '../../src/artifact/store.js';
 import { rejectsWith } from '../support/artifact-support.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const oldKey = generateKeyPair();
 const newKey = generateKeyPair();

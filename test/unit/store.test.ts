@@ -8,7 +8,7 @@ import { packDirectory } from '../../src/artifact/pack.js';
 import { buildManifest } from '../../src/artifact/release-id.js';
 import { generateKeyPair, signManifest } from '../../src/artifact/sign.js';
 import { ReleaseStore } from '../../src/artifact/store.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 const keys = generateKeyPair();
 

@@ -10,7 +10,7 @@ import { LogTail } from '../../src/supervisor/log-tail.js';
 import { claimPidFile, releasePidFile, runningAgentPid } from '../../src/supervisor/pid-file.js';
 import { resolveCommand } from '../../src/supervisor/process-util.js';
 import { StateFile } from '../../src/supervisor/state.js';
-import { tempDir } from '../support/harness.js';
+import { tempDir } from '../../support/temp-dir.js';
 
 describe('readLines', () => {
   it('splits across chunks and stops at an overlong line', () => {

@@ -1,3 +1,4 @@
+// Shared by the tests, the benches and the demo (see README.md in this folder).
 import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
@@ -6,8 +7,10 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import ssh2, { type Connection } from 'ssh2';
-import { fingerprint } from '../../src/transport/known-hosts.js';
-import { freePort, tempDir, withDeadline } from './harness.js';
+import { fingerprint } from '../src/transport/known-hosts.js';
+import { withDeadline } from './deadline.js';
+import { freePort } from './free-port.js';
+import { tempDir } from './temp-dir.js';
 
 // ssh2 is CommonJS and Node's ESM loader finds only some of its named exports.
 const { Server, utils } = ssh2;
@@ -210,28 +213,12 @@ async function startSsh2Server(
       else ctx.reject(['publickey']);
     });
     // direct-streamlocal@openssh.com: the agent's unix socket, as OpenSSH forwards to it.
-    conn.on('openssh.streamlocal', (accept, reject, info) => {
-      const sock = net.connect(info.socketPath);
-      sock.once('error', () => reject?.());
-      sock.once('connect', () => {
-        const channel = accept();
-        sock.removeAllListeners('error');
-        sock.on('error', () => channel.destroy());
-        channel.on('error', () => sock.destroy());
-        sock.pipe(channel).pipe(sock);
-      });
-    });
-    conn.on('tcpip', (accept, reject, info) => {
-      const sock = net.connect(info.destPort, info.destIP);
-      sock.once('error', () => reject?.());
-      sock.once('connect', () => {
-        const channel = accept();
-        sock.removeAllListeners('error');
-        sock.on('error', () => channel.destroy());
-        channel.on('error', () => sock.destroy());
-        sock.pipe(channel).pipe(sock);
-      });
-    });
+    conn.on('openssh.streamlocal', (accept, reject, info) =>
+      forward(net.connect(info.socketPath), accept, reject),
+    );
+    conn.on('tcpip', (accept, reject, info) =>
+      forward(net.connect(info.destPort, info.destIP), accept, reject),
+    );
   });
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
@@ -325,4 +312,20 @@ async function sshKeygenFingerprint(pubFile: string): Promise<string> {
   const found = /SHA256:[A-Za-z0-9+/]+/.exec(stdout);
   if (!found) throw new Error(`ssh-keygen -lf printed no fingerprint: ${stdout}`);
   return found[0];
+}
+
+/** Joins a forwarded SSH channel to `sock` once it connects; refuses the channel if it cannot. */
+function forward(
+  sock: net.Socket,
+  accept: () => ssh2.ServerChannel,
+  reject: (() => void) | undefined,
+): void {
+  sock.once('error', () => reject?.());
+  sock.once('connect', () => {
+    const channel = accept();
+    sock.removeAllListeners('error');
+    sock.on('error', () => channel.destroy());
+    channel.on('error', () => sock.destroy());
+    sock.pipe(channel).pipe(sock);
+  });
 }

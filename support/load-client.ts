@@ -1,17 +1,22 @@
+// Shared by the tests, the benches and the demo (see README.md in this folder).
 import http from 'node:http';
-import { total } from './table.js';
 
 /**
- * A load client that a drop cannot hide from: every request sent is either answered or counted
- * as a failure by its errno (a FIN before the answer is ECONNRESET "socket hang up" in Node),
- * and a request that gets nothing within the timeout counts as TIMEOUT.
+ * The one load client of tests, benches and the demo, one a drop cannot hide from: every
+ * request sent is either answered or counted as a failure by its errno (a FIN before the
+ * answer is ECONNRESET "socket hang up" in Node), and with a `timeoutMs` a request that gets
+ * nothing in time counts as TIMEOUT.
  */
-export interface NodeLoadResult {
+export interface LoadResult {
   sent: number;
   /** Requests that got a complete HTTP response, whatever its status. */
   answered: number;
+  /** Requests answered 2xx. */
+  ok: number;
   non2xx: number;
   errors: Record<string, number>;
+  /** The first word (the fixture's release id) of every 2xx body. */
+  bodies: Set<string>;
   /** Latency of every answered request, connect included, in ms. */
   latenciesMs: number[];
   /** Answers per release id and generation, from the fixture's body (`<release> <generation> <pid>`). */
@@ -19,19 +24,20 @@ export interface NodeLoadResult {
   seconds: number;
 }
 
-export interface NodeLoadOptions {
+export interface LoadOptions {
   workers: number;
   /** One keep-alive connection per worker, or a new connection (`Connection: close`) per request. */
   keepAlive: boolean;
-  timeoutMs: number;
-  /** Upper bound on requests, whatever happens. */
-  maxRequests: number;
+  /** A request unanswered this long fails as TIMEOUT; none when not given. */
+  timeoutMs?: number;
+  /** Upper bound on requests, whatever happens (200,000 when not given). */
+  maxRequests?: number;
 }
 
 function oneRequest(
   port: number,
   agent: http.Agent | false,
-  timeoutMs: number,
+  timeoutMs: number | undefined,
 ): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
     const req = http.get({ host: '127.0.0.1', port, path: '/', agent }, (res) => {
@@ -43,40 +49,50 @@ function oneRequest(
         reject(Object.assign(new Error('response aborted'), { code: 'ABORTED' })),
       );
     });
-    req.setTimeout(timeoutMs, () =>
-      req.destroy(Object.assign(new Error(`no answer in ${timeoutMs} ms`), { code: 'TIMEOUT' })),
-    );
+    if (timeoutMs !== undefined)
+      req.setTimeout(timeoutMs, () =>
+        req.destroy(Object.assign(new Error(`no answer in ${timeoutMs} ms`), { code: 'TIMEOUT' })),
+      );
     req.once('error', reject);
   });
 }
 
-/** Starts `workers` request loops against 127.0.0.1:port; `stop()` lets in-flight requests finish (bounded by the timeout). */
-export function startNodeLoad(
+/**
+ * Starts `workers` request loops against 127.0.0.1:port, sending GETs until `stop()` or
+ * `maxRequests`; `stop()` lets in-flight requests finish (bounded by the timeout, if any).
+ */
+export function startLoad(
   port: number,
-  opts: NodeLoadOptions,
-): { result: NodeLoadResult; stop(): Promise<NodeLoadResult> } {
-  const result: NodeLoadResult = {
+  opts: LoadOptions,
+): { result: LoadResult; stop(): Promise<LoadResult> } {
+  const result: LoadResult = {
     sent: 0,
     answered: 0,
+    ok: 0,
     non2xx: 0,
     errors: {},
+    bodies: new Set(),
     latenciesMs: [],
     answeredBy: new Map(),
     seconds: 0,
   };
+  const max = opts.maxRequests ?? 200_000;
   const started = process.hrtime.bigint();
   let stopped = false;
   const worker = async () => {
     const agent = opts.keepAlive ? new http.Agent({ keepAlive: true, maxSockets: 1 }) : false;
     try {
-      while (!stopped && result.sent < opts.maxRequests) {
+      while (!stopped && result.sent < max) {
         result.sent++;
         const t0 = process.hrtime.bigint();
         try {
           const res = await oneRequest(port, agent, opts.timeoutMs);
           result.answered++;
           result.latenciesMs.push(Number(process.hrtime.bigint() - t0) / 1e6);
-          if (res.status < 200 || res.status > 299) result.non2xx++;
+          if (res.status >= 200 && res.status < 300) {
+            result.ok++;
+            result.bodies.add(res.body.split(' ')[0]!);
+          } else result.non2xx++;
           const [release = '?', generation = '?'] = res.body.split(' ');
           const key = `${release} ${generation}`;
           const seen = result.answeredBy.get(key);
@@ -106,9 +122,7 @@ export function startNodeLoad(
 }
 
 /** Answers per release id, with the generations that gave them. */
-export function byRelease(
-  r: NodeLoadResult,
-): Map<string, { answers: number; generations: string[] }> {
+export function byRelease(r: LoadResult): Map<string, { answers: number; generations: string[] }> {
   const out = new Map<string, { answers: number; generations: string[] }>();
   for (const { release, generation, answers } of r.answeredBy.values()) {
     const entry = out.get(release) ?? { answers: 0, generations: [] };
@@ -120,8 +134,9 @@ export function byRelease(
   return out;
 }
 
-export function failures(r: NodeLoadResult): number {
-  return total(r.errors);
+/** Requests that got no answer, of every kind. */
+export function failures(r: LoadResult): number {
+  return Object.values(r.errors).reduce((sum, n) => sum + n, 0);
 }
 
 /** p50, p99 (nearest rank) and max of unsorted samples; NaN when there are none. */
@@ -138,7 +153,7 @@ export function latencySummary(samples: readonly number[]): {
 }
 
 /** One result for two loads that ran side by side. */
-export function mergeResults(a: NodeLoadResult, b: NodeLoadResult): NodeLoadResult {
+export function mergeResults(a: LoadResult, b: LoadResult): LoadResult {
   const errors = { ...a.errors };
   for (const [kind, n] of Object.entries(b.errors)) errors[kind] = (errors[kind] ?? 0) + n;
   const answeredBy = new Map([...a.answeredBy].map(([k, v]) => [k, { ...v }]));
@@ -150,8 +165,10 @@ export function mergeResults(a: NodeLoadResult, b: NodeLoadResult): NodeLoadResu
   return {
     sent: a.sent + b.sent,
     answered: a.answered + b.answered,
+    ok: a.ok + b.ok,
     non2xx: a.non2xx + b.non2xx,
     errors,
+    bodies: new Set([...a.bodies, ...b.bodies]),
     latenciesMs: [...a.latenciesMs, ...b.latenciesMs],
     answeredBy,
     seconds: Math.max(a.seconds, b.seconds),

@@ -1,0 +1,12 @@
+// Shared by the tests, the benches and the demo (see README.md in this folder).
+import { mkdtemp, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+
+/** A fresh directory under the system temp dir, and the function that removes it. */
+export async function tempDir(
+  prefix = 'baton-test-',
+): Promise<{ dir: string; cleanup: () => Promise<void> }> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
+  return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
