@@ -207,7 +207,18 @@ export const AppSchema = z
      * `PassEnvironment=`). Nothing else of it is: apps start from PATH, the locale (LANG, LC_*)
      * and TZ, plus `env`, `envFile` and the baton variables.
      */
-    passEnv: z.array(z.string().regex(ENV_NAME, 'an environment variable name')).default([]),
+    passEnv: z
+      .array(
+        z
+          .string()
+          .regex(ENV_NAME, 'an environment variable name')
+          .refine(
+            (name) =>
+              !/^(LISTEN_(FDS|FDNAMES|PID)|NOTIFY_SOCKET|WATCHDOG_(USEC|PID)|BATON_.*)$/.test(name),
+            "belongs to the agent's own activation or to baton, never passed on: the app gets its own",
+          ),
+      )
+      .default([]),
     /** Keys (from `env` or `envFile`) whose values are masked in every event, log line and error. */
     secretEnv: z.array(z.string().regex(ENV_NAME, 'an environment variable name')).default([]),
     /** The user the app and its hooks run as (a name or uid). Required when the agent runs as root, unless `allowRoot`. */

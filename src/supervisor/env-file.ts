@@ -229,23 +229,15 @@ export class SecretMasker {
   }
 
   /**
-   * The last position at or before `at` that falls inside no occurrence of a secret in `text`,
-   * so that text cut there and masked in two parts shows no piece of a secret.
+   * Where to cut `text` near `at` so that no occurrence of a secret is cut in two: `at` itself,
+   * or the start of the run of occurrences around it; when that run starts the text, its end.
    */
   safeCut(text: string, at: number): number {
-    let cut = at;
-    for (let moved = true; moved && cut > 0;) {
-      moved = false;
-      for (const secret of this.secrets) {
-        // The first occurrence starting after cut - length ends past cut: it straddles the cut.
-        const found = text.indexOf(secret, Math.max(0, cut - secret.length + 1));
-        if (found >= 0 && found < cut) {
-          cut = found;
-          moved = true;
-        }
-      }
+    for (const [start, end] of this.runs(text)) {
+      if (start >= at) break;
+      if (end > at) return start > 0 ? start : end;
     }
-    return cut;
+    return at;
   }
 
   /**
@@ -253,27 +245,33 @@ export class SecretMasker {
    * two) are masked as one run, so no part of either shows.
    */
   mask(text: string): string {
-    if (this.secrets.length === 0) return text;
-    const runs: [number, number][] = [];
-    for (const secret of this.secrets) {
-      for (let at = text.indexOf(secret); at >= 0; at = text.indexOf(secret, at + 1))
-        runs.push([at, at + secret.length]);
-    }
+    const runs = this.runs(text);
     if (runs.length === 0) return text;
-    runs.sort((a, b) => a[0] - b[0]);
     let out = '';
     let done = 0;
-    let [start, end] = runs[0]!;
-    for (const [s, e] of runs) {
-      if (s <= end) {
-        end = Math.max(end, e);
-        continue;
-      }
+    for (const [start, end] of runs) {
       out += `${text.slice(done, start)}***`;
       done = end;
-      [start, end] = [s, e];
     }
-    return `${out}${text.slice(done, start)}***${text.slice(end)}`;
+    return out + text.slice(done);
+  }
+
+  /** Every occurrence of every secret, overlapping ones merged into one run, in order. */
+  private runs(text: string): [number, number][] {
+    if (this.secrets.length === 0) return [];
+    const found: [number, number][] = [];
+    for (const secret of this.secrets) {
+      for (let at = text.indexOf(secret); at >= 0; at = text.indexOf(secret, at + 1))
+        found.push([at, at + secret.length]);
+    }
+    found.sort((a, b) => a[0] - b[0]);
+    const merged: [number, number][] = [];
+    for (const [s, e] of found) {
+      const last = merged.at(-1);
+      if (last && s <= last[1]) last[1] = Math.max(last[1], e);
+      else merged.push([s, e]);
+    }
+    return merged;
   }
 }
 

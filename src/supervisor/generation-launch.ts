@@ -109,7 +109,7 @@ export interface Spawned {
 export async function spawnGeneration(opts: GenerationStart): Promise<Spawned> {
   const { app, number, release, listeners, launch } = opts;
   await checkReleaseDir(release.dir);
-  const base = childBaseEnv(app.passEnv);
+  const base = childBaseEnv(app.passEnv, launch);
   const appEnv = { ...app.env, ...launch.env };
   const executable = await resolveCommand(app.command[0]!, release.dir, appEnv.PATH ?? base.PATH);
   const env: Record<string, string> = {

@@ -48,7 +48,7 @@ export async function runHook(
   const launch = ctx.launch ?? { setup: '', exec: 'exec', switchesUser: false };
   const env = launchEnvironment(
     launch,
-    childBaseEnv(app.passEnv),
+    childBaseEnv(app.passEnv, launch),
     { ...app.env, ...ctx.launch?.env },
     agentSet,
   );

@@ -12,7 +12,7 @@ export interface LineMasker {
   mask(text: string): string;
   /** The length of the longest secret: a cut line keeps that much back for the next read. */
   readonly longest: number;
-  /** The last position at or before `at` that falls inside no secret of `text`. */
+  /** A position near `at` that falls inside no secret of `text` (see SecretMasker.safeCut). */
   safeCut(text: string, at: number): number;
 }
 
@@ -114,22 +114,24 @@ export class LogTail {
     const parts = (this.partial + text.replace(NUL_RUN, '')).split('\n');
     this.partial = parts.pop() ?? '';
     for (const line of parts) this.emit(line);
-    if (this.partial.length > MAX_LINE) this.flushPartial();
+    // Past MAX_LINE, and past the longest secret too, so that what is kept back for a secret
+    // still leaves a line's worth to emit.
+    while (this.partial.length > MAX_LINE + this.masker().longest && this.flushPartial());
   }
 
   /**
-   * Emits most of a line too long to wait for. What may be the start of a secret that the next
-   * read completes stays behind, and the cut never falls inside a secret, so that no piece of
+   * Emits the first MAX_LINE characters of a line too long to wait for, nothing lost. The cut
+   * never falls inside a secret, and what may be the start of a secret that the next read
+   * completes stays behind (the caller keeps the longest secret's length), so that no piece of
    * one is emitted unmasked.
    */
-  private flushPartial(): void {
-    const masker = this.masker();
+  private flushPartial(): boolean {
     const text = this.partial;
-    let cut = masker.safeCut(text, text.length - Math.max(0, masker.longest - 1));
-    // Secrets back to back from the start: all of them are whole in `text` and masked as a run.
-    if (cut <= 0) cut = text.length;
+    const cut = this.masker().safeCut(text, MAX_LINE);
+    if (cut <= 0) return false;
     this.partial = text.slice(cut);
     this.emit(text.slice(0, cut));
+    return true;
   }
 
   private emit(line: string): void {

@@ -160,16 +160,44 @@ const DEFAULT_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 /** Locale and time zone: how an app formats text and dates, no secret in them. */
 const PASSED_BY_DEFAULT = /^(LANG|LANGUAGE|LC_[A-Z_]+|TZ)$/;
 
+/** Who the process is: passed on when the app runs as the agent's own user (no switch). */
+const ACCOUNT = ['HOME', 'USER', 'LOGNAME', 'SHELL'];
+
 /**
  * What apps and hooks start from, as systemd starts a service: PATH, the locale and time zone,
- * and the variables the app's config names in `passEnv`; nothing else of the agent's own
- * environment (which may hold root's credentials). The app's `env`, env file and the baton
- * variables are added on top by the caller.
+ * the account variables when they run as the agent's own user (a switch to another user sets
+ * that user's), and the variables the app's config names in `passEnv`; nothing else of the
+ * agent's own environment (which may hold root's credentials). The app's `env`, env file and
+ * the baton variables are added on top by the caller.
  */
-export function childBaseEnv(passEnv: readonly string[] = []): NodeJS.ProcessEnv {
+export function childBaseEnv(
+  passEnv: readonly string[],
+  opts: { switchesUser: boolean },
+): NodeJS.ProcessEnv {
   const env: NodeJS.ProcessEnv = { PATH: process.env.PATH || DEFAULT_PATH };
-  for (const [key, value] of Object.entries(process.env))
-    if (value !== undefined && (PASSED_BY_DEFAULT.test(key) || passEnv.includes(key)))
+  for (const [key, value] of Object.entries(process.env)) {
+    if (value === undefined) continue;
+    if (
+      PASSED_BY_DEFAULT.test(key) ||
+      (!opts.switchesUser && ACCOUNT.includes(key)) ||
+      (passEnv.includes(key) && !AGENT_ONLY_ENV.includes(key))
+    )
       env[key] = value;
+  }
   return env;
 }
+
+/**
+ * The agent's own activation (systemd's sockets, notify socket, watchdog; an upgrade's): never
+ * an app's, even when `passEnv` names it. The app gets its own.
+ */
+export const AGENT_ONLY_ENV: readonly string[] = [
+  'LISTEN_FDS',
+  'LISTEN_FDNAMES',
+  'LISTEN_PID',
+  'NOTIFY_SOCKET',
+  'WATCHDOG_USEC',
+  'WATCHDOG_PID',
+  'BATON_NOTIFY_FD',
+  'BATON_PREDECESSOR_PID',
+];

@@ -104,10 +104,10 @@ describe('secret masking at the line clip', () => {
       {
         env: {
           DB_PASSWORD: SECRET,
-          // The first piece passes 8 KiB, ending in the secret's first 7 characters; the rest
+          // The first piece passes 8 KiB and the secret's length, ending in its first 7 characters; the rest
           // comes 300 ms later, so the tail flushes what it has in between.
           LOG_PIECES: JSON.stringify([
-            `${'y'.repeat(8186)}${SECRET.slice(0, 7)}`,
+            `${'y'.repeat(8210)}${SECRET.slice(0, 7)}`,
             `${SECRET.slice(7)} end\n`,
             'short\n',
           ]),
@@ -124,7 +124,7 @@ describe('secret masking at the line clip', () => {
         assert.deepEqual(secretPieces(lines), []);
         assert.equal(
           lines.filter((l) => /^y+/.test(l)).reduce((n, l) => n + /^y+/.exec(l)![0].length, 0),
-          8186,
+          8210,
           'nothing of the line is lost in the cut',
         );
       },
@@ -169,7 +169,7 @@ describe("the agent's environment", () => {
     for (const [who, names] of Object.entries(seen)) {
       assert.equal(names.includes('AWS_SECRET_ACCESS_KEY'), false, `${who}: ${names.join(' ')}`);
       assert.equal(names.includes('AGENT_ONLY'), false, who);
-      for (const name of ['PATH', 'LANG', 'BATON_APP', 'BATON_RELEASE_ID', 'FROM_CONFIG'])
+      for (const name of ['PATH', 'LANG', 'HOME', 'BATON_APP', 'BATON_RELEASE_ID', 'FROM_CONFIG'])
         assert.ok(names.includes(name), `${who} has ${name}: ${names.join(' ')}`);
     }
     assert.ok(seen.app.includes('LISTEN_FDS'), 'the app has its sockets');

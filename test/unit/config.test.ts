@@ -77,6 +77,12 @@ describe('parseAgentConfig', () => {
       assertNames(invalid(config(app({ drain: { timeoutMs: 3e12 } }))), 'apps.0.drain.timeoutMs');
     });
 
+    it("passEnv naming the agent's own activation (it would reach the app as the agent's)", () => {
+      const err = invalid(config(app({ passEnv: ['AWS_REGION', 'NOTIFY_SOCKET'] })));
+      assertNames(err, 'apps.0.passEnv.1', "agent's own activation");
+      assertNames(invalid(config(app({ passEnv: ['LISTEN_FDS'] }))), 'apps.0.passEnv.0');
+    });
+
     it('in the second app, with its index', () => {
       const err = invalid(config(app(), app({ name: 'api', listenrs: [] })));
       assertNames(err, 'apps.1', 'listenrs');

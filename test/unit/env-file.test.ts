@@ -227,7 +227,7 @@ describe('SecretMasker', () => {
     assert.equal(masker.mask(`the key: ${key}`), 'the key: ***');
   });
 
-  it('finds a cut that falls inside no secret, moving it back to where the secret starts', () => {
+  it('finds a cut that falls inside no secret: before the run of secrets around it, or after one that starts the text', () => {
     const masker = new SecretMasker(['secret', 'cret-x']);
     assert.equal(masker.longest, 6);
     assert.equal(masker.safeCut('ab secret cd', 5), 3, 'inside: back to its start');
@@ -236,6 +236,8 @@ describe('SecretMasker', () => {
     // Overlapping occurrences of two secrets: back past both.
     assert.equal(masker.safeCut('ab secret-x', 10), 3);
     assert.equal(new SecretMasker([]).safeCut('anything', 4), 4);
+    // A run that starts the text: after it, never before (that would cut nothing off).
+    assert.equal(masker.safeCut('secret-x and more', 4), 8);
   });
 
   it('escapes nothing: secrets are text, not patterns', () => {

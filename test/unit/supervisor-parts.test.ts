@@ -117,6 +117,40 @@ describe('LogTail, hardened', () => {
     }
   });
 
+  it('never shows a piece of a secret longer than a line, nor one held back for its end', async () => {
+    const tmp = await tempDir();
+    try {
+      const file = path.join(tmp.dir, 'gen.log');
+      const long = Array.from({ length: 10_000 }, (_, i) => 'abcdefghij'[i % 7]).join('') + 'Z';
+      const mid = 'Q'.repeat(4999) + 'Y';
+      await writeFile(file, '');
+      const seen: string[] = [];
+      const masker = new SecretMasker([long, mid]);
+      const tail = new LogTail(
+        file,
+        10,
+        1_000_000,
+        (l) => seen.push(l),
+        () => masker,
+      );
+      await tail.start(10_000);
+      // A secret longer than 8 KiB whose end has not come yet.
+      await appendFile(file, `k=${long.slice(0, 9000)}`);
+      await tail.poll();
+      // A whole secret, then the first part of another.
+      await appendFile(file, `${long.slice(9000)} ${mid} ${mid.slice(0, 3500)}`);
+      await tail.poll();
+      await appendFile(file, `${mid.slice(3500)} end\n`);
+      await tail.stop();
+      const text = seen.join('|');
+      assert.equal(text.includes(long.slice(0, 40)), false, 'no piece of the long secret');
+      assert.equal(text.includes('Q'.repeat(40)), false, 'no piece of the other');
+      assert.equal(text.replace(/\|/g, ''), 'k=*** *** *** end');
+    } finally {
+      await tmp.cleanup();
+    }
+  });
+
   it('masks before it clips, and cuts a long unfinished line outside any secret', async () => {
     const tmp = await tempDir();
     try {
@@ -133,7 +167,7 @@ describe('LogTail, hardened', () => {
       );
       await tail.start(10_000);
       await appendFile(file, `${'x'.repeat(8180)}0123456789abcdef!\n`);
-      await appendFile(file, `${'y'.repeat(8190)}01234567`);
+      await appendFile(file, `${'y'.repeat(8210)}01234567`);
       await tail.poll();
       await appendFile(file, '89abcdef end\n');
       await tail.stop();
