@@ -70,12 +70,17 @@ const LOG_LINES_KEPT = 200;
 
 /**
  * Starts OpenSSH's sshd on a free loopback port with fresh keys in a temp dir; where sshd is
- * not installed, says so loudly and runs ssh2's server instead.
+ * not installed, says so loudly and runs ssh2's server instead (never under CI).
  */
 export async function startSshd(): Promise<TestSshd> {
   const tmp = await tempDir('baton-sshd-');
   try {
     const openssh = sshAvailable();
+    // CI must test against the real OpenSSH: .ci/run installs it, so its absence is a broken run.
+    if (!openssh && process.env.CI && process.env.BATON_TEST_SSHD !== 'ssh2')
+      throw new Error(
+        `CI=${process.env.CI} but ${SSHD} is missing: install openssh-server (.ci/run does), or set BATON_TEST_SSHD=ssh2 to test against ssh2's server on purpose`,
+      );
     if (!openssh)
       process.stderr.write(
         '\n!!!!! sshd not found (apt-get install openssh-server): FALLING BACK to ssh2’s ' +
