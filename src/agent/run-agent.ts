@@ -6,6 +6,7 @@ import { Agent } from '../supervisor/agent.js';
 import { agentPaths } from '../supervisor/agent-paths.js';
 import { loadAgentConfig } from '../supervisor/config.js';
 import { preflight } from '../supervisor/preflight.js';
+import { lookupGroup } from '../supervisor/privilege.js';
 import { SystemdNotifier } from '../supervisor/sd-notify.js';
 import { ControlServer } from '../supervisor/control-server.js';
 import { claimPidFile, releasePidFile } from '../supervisor/pid-file.js';
@@ -42,7 +43,7 @@ export async function runAgent(
     jsonLine({ type: 'agent', level: 'warn', msg }),
   );
   const channel = config.channel
-    ? new ChannelServer(config.channel, channelAgent(agent), config.stateDir, jsonLine)
+    ? new ChannelServer(config.channel, channelAgent(agent), config.stateDir, jsonLine, lookupGroup)
     : undefined;
   // A stop asked for while the apps start is kept for when they have: dying halfway would
   // leave a generation that no state file records.

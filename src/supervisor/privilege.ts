@@ -73,9 +73,17 @@ function checkedId(app: string, field: string, value: string): number {
   return id;
 }
 
+/**
+ * The gid of group `name` in the group database; undefined when it has no such group. Throws
+ * GROUP_UNKNOWN when the database cannot be asked (no getent, NSS failing).
+ */
+export async function lookupGroup(name: string): Promise<number | undefined> {
+  return (await getent('group', name))?.id;
+}
+
 async function resolveGroup(app: string, field: string, value: string): Promise<number> {
-  const entry = await getent('group', value);
-  if (entry !== undefined) return entry.id;
+  const id = await lookupGroup(value);
+  if (id !== undefined) return id;
   // Like systemd, a bare gid needs no entry in the group database.
   if (NUMERIC.test(value)) return checkedId(app, field, value);
   throw new BatonError(

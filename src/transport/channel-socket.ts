@@ -1,24 +1,21 @@
-import { execFile } from 'node:child_process';
 import { chmod, chown, lstat, mkdir, rm } from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
-import { promisify } from 'node:util';
 import { BatonError, errorCode, errorMessage } from '../errors.js';
-
-const run = promisify(execFile);
 
 /** How long a socket found at the path gets to answer before it counts as stale. */
 const PROBE_MS = 2000;
 
-/** The gid of `group` (a name, or a bare number as systemd allows). */
-export async function resolveSocketGroup(group: string): Promise<number> {
-  try {
-    const { stdout } = await run('getent', ['group', group]);
-    const gid = Number(stdout.split(':')[2]);
-    if (Number.isInteger(gid)) return gid;
-  } catch {
-    // Not in the group database: a bare gid may still do.
-  }
+/**
+ * The gid of `group` (a name, or a bare number as systemd allows), asked of the group database
+ * through `lookup` (the agent's own lookup of app groups).
+ */
+export async function resolveSocketGroup(
+  group: string,
+  lookup: (name: string) => Promise<number | undefined>,
+): Promise<number> {
+  const gid = await lookup(group);
+  if (gid !== undefined) return gid;
   if (/^\d+$/.test(group) && Number(group) < 2 ** 31) return Number(group);
   throw new BatonError(
     'GROUP_UNKNOWN',

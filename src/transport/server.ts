@@ -59,6 +59,8 @@ export class ChannelServer {
     private readonly agent: ChannelAgent,
     stateDir: string,
     private readonly log: (record: Record<string, unknown>) => void,
+    /** The gid of a group name, for `socketGroup`: the host's group database. */
+    private readonly lookupGroup: (name: string) => Promise<number | undefined>,
     softLimit: number | undefined = softFileLimit(),
   ) {
     this.registry = new SessionRegistry(config.keepResults);
@@ -119,7 +121,7 @@ export class ChannelServer {
       }
     }
     const group = this.config.socketGroup;
-    const gid = group === undefined ? undefined : await resolveSocketGroup(group);
+    const gid = group === undefined ? undefined : await resolveSocketGroup(group, this.lookupGroup);
     this.files = { token, tls: context, gid };
   }
 
