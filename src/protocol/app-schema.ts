@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { ACTIVATION_ENV } from './systemd.js';
 
 /**
  * An app as the agent runs it: its command, listeners, readiness, drain, hooks, user, environment,
@@ -213,8 +214,7 @@ export const AppSchema = z
           .string()
           .regex(ENV_NAME, 'an environment variable name')
           .refine(
-            (name) =>
-              !/^(LISTEN_(FDS|FDNAMES|PID)|NOTIFY_SOCKET|WATCHDOG_(USEC|PID)|BATON_.*)$/.test(name),
+            (name) => !ACTIVATION_ENV.includes(name) && !name.startsWith('BATON_'),
             "belongs to the agent's own activation or to baton, never passed on: the app gets its own",
           ),
       )
@@ -291,3 +291,22 @@ export const AppSchema = z
   })
   .strict();
 export type AppConfig = z.infer<typeof AppSchema>;
+
+/** Refuses a name given twice in `items` (apps, listeners), at the second one's `name` field. */
+export function refuseDuplicateNames(
+  items: readonly { name: string }[],
+  what: string,
+  pathOf: (index: number) => (string | number)[],
+  ctx: z.RefinementCtx,
+): void {
+  const seen = new Set<string>();
+  for (const [i, item] of items.entries()) {
+    if (seen.has(item.name))
+      ctx.addIssue({
+        code: 'custom',
+        path: pathOf(i),
+        message: `duplicate ${what} "${item.name}"`,
+      });
+    seen.add(item.name);
+  }
+}

@@ -1,6 +1,21 @@
 import { closeSync, writeSync } from 'node:fs';
 
 /**
+ * What the agent itself was started with (systemd's sockets, notify socket and watchdog; an
+ * upgrade's pipe and predecessor): never an app's, which gets its own.
+ */
+export const ACTIVATION_ENV: readonly string[] = [
+  'LISTEN_FDS',
+  'LISTEN_FDNAMES',
+  'LISTEN_PID',
+  'NOTIFY_SOCKET',
+  'WATCHDOG_USEC',
+  'WATCHDOG_PID',
+  'BATON_NOTIFY_FD',
+  'BATON_PREDECESSOR_PID',
+];
+
+/**
  * Sockets handed to this process the systemd way: fds from 3, `LISTEN_FDS` of them, named by
  * `LISTEN_FDNAMES`, and only when `LISTEN_PID` (if set) is this process. Empty when there are none.
  */

@@ -180,24 +180,9 @@ export function childBaseEnv(
     if (
       PASSED_BY_DEFAULT.test(key) ||
       (!opts.switchesUser && ACCOUNT.includes(key)) ||
-      (passEnv.includes(key) && !AGENT_ONLY_ENV.includes(key))
+      passEnv.includes(key)
     )
       env[key] = value;
   }
   return env;
 }
-
-/**
- * The agent's own activation (systemd's sockets, notify socket, watchdog; an upgrade's): never
- * an app's, even when `passEnv` names it. The app gets its own.
- */
-export const AGENT_ONLY_ENV: readonly string[] = [
-  'LISTEN_FDS',
-  'LISTEN_FDNAMES',
-  'LISTEN_PID',
-  'NOTIFY_SOCKET',
-  'WATCHDOG_USEC',
-  'WATCHDOG_PID',
-  'BATON_NOTIFY_FD',
-  'BATON_PREDECESSOR_PID',
-];
