@@ -3,7 +3,7 @@ import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { BatonError, errorMessage, formatIssues } from '../errors.js';
-import { AppSchema } from '../protocol/app-schema.js';
+import { AppSchema, refuseDuplicateNames } from '../protocol/app-schema.js';
 
 /** The app's deploy config travels inside the artifact, at its root, under this name. */
 export const APP_CONFIG_FILE = 'baton.yml';
@@ -35,18 +35,9 @@ export const AppDeployConfigSchema = z
     listeners: app.listeners.optional(),
   })
   .strict()
-  .superRefine((cfg, ctx) => {
-    const names = new Set<string>();
-    for (const [i, l] of (cfg.listeners ?? []).entries()) {
-      if (names.has(l.name))
-        ctx.addIssue({
-          code: 'custom',
-          path: ['listeners', i, 'name'],
-          message: `duplicate listener "${l.name}"`,
-        });
-      names.add(l.name);
-    }
-  });
+  .superRefine((cfg, ctx) =>
+    refuseDuplicateNames(cfg.listeners ?? [], 'listener', (i) => ['listeners', i, 'name'], ctx),
+  );
 export type AppDeployConfig = z.infer<typeof AppDeployConfigSchema>;
 
 /**

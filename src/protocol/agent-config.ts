@@ -1,5 +1,5 @@
 import { z } from 'zod';
-import { AppSchema } from './app-schema.js';
+import { AppSchema, refuseDuplicateNames } from './app-schema.js';
 import { ChannelConfigSchema } from './channel-config.js';
 
 /** The agent's config file (`/etc/baton/agent.yml`): its state dir, trusted keys, apps, channel. */
@@ -26,15 +26,8 @@ export const AgentConfigSchema = z
   })
   .strict()
   .superRefine((cfg, ctx) => {
-    const seen = new Set<string>();
+    refuseDuplicateNames(cfg.apps, 'app', (i) => ['apps', i, 'name'], ctx);
     for (const [i, app] of cfg.apps.entries()) {
-      if (seen.has(app.name))
-        ctx.addIssue({
-          code: 'custom',
-          path: ['apps', i, 'name'],
-          message: `duplicate app "${app.name}"`,
-        });
-      seen.add(app.name);
       const shared = new Set<string>();
       for (const [kind, list] of [
         ['dirs', app.shared.dirs],
@@ -53,16 +46,12 @@ export const AgentConfigSchema = z
           shared.add(p);
         }
       }
-      const names = new Set<string>();
-      for (const [j, l] of app.listeners.entries()) {
-        if (names.has(l.name))
-          ctx.addIssue({
-            code: 'custom',
-            path: ['apps', i, 'listeners', j, 'name'],
-            message: `duplicate listener "${l.name}"`,
-          });
-        names.add(l.name);
-      }
+      refuseDuplicateNames(
+        app.listeners,
+        'listener',
+        (j) => ['apps', i, 'listeners', j, 'name'],
+        ctx,
+      );
     }
   });
 export type AgentConfig = z.infer<typeof AgentConfigSchema>;
