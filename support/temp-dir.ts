@@ -10,3 +10,13 @@ export async function tempDir(
   const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
   return { dir, cleanup: () => rm(dir, { recursive: true, force: true }) };
 }
+
+/** Runs `fn` in a fresh temp dir, removed afterwards whatever `fn` did. */
+export async function withTempDir<T>(fn: (dir: string) => Promise<T>): Promise<T> {
+  const tmp = await tempDir();
+  try {
+    return await fn(tmp.dir);
+  } finally {
+    await tmp.cleanup();
+  }
+}

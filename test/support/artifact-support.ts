@@ -2,6 +2,7 @@ import assert from 'node:assert/strict';
 import { mkdir, symlink, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { list } from 'tar';
+import { ReleaseStore, type StoreOptions } from '../../src/artifact/store.js';
 import { errorCode } from '../../src/errors.js';
 
 /** A file's content, or a symlink (`{ link: target }`), by '/'-separated path. */
@@ -33,4 +34,22 @@ export async function rejectsWith(fn: () => unknown, code: string): Promise<Erro
     return err as Error;
   }
   assert.fail(`expected ${code}, but it succeeded`);
+}
+
+/**
+ * A release store under `root`, initialised as an agent opens it: app `web`, archives up to
+ * 10 MiB, unsigned ones refused; `opts` (the trusted keys, say) override.
+ */
+export async function openStore(root: string, opts: Partial<StoreOptions>): Promise<ReleaseStore> {
+  const store = new ReleaseStore({
+    root,
+    app: 'web',
+    keep: 5,
+    trustedKeys: [],
+    allowUnsigned: false,
+    maxArchiveBytes: 10 * 1024 * 1024,
+    ...opts,
+  });
+  await store.init();
+  return store;
 }

@@ -6,8 +6,7 @@ import type { Manifest } from '../../src/protocol/manifest.js';
 import { packDirectory } from '../../src/artifact/pack.js';
 import { buildManifest } from '../../src/artifact/release-id.js';
 import { generateKeyPair, signManifest } from '../../src/artifact/sign.js';
-import { ReleaseStore } from '../../src/artifact/store.js';
-import { rejectsWith } from '../support/artifact-support.js';
+import { openStore, rejectsWith } from '../support/artifact-support.js';
 import { tempDir } from '../../support/temp-dir.js';
 
 const keys = generateKeyPair();
@@ -15,18 +14,7 @@ const keys = generateKeyPair();
 async function setup() {
   const tmp = await tempDir();
   const root = path.join(tmp.dir, 'store');
-  const open = async () => {
-    const store = new ReleaseStore({
-      root,
-      app: 'web',
-      keep: 2,
-      trustedKeys: [keys.publicKey],
-      allowUnsigned: false,
-      maxArchiveBytes: 10 * 1024 * 1024,
-    });
-    await store.init();
-    return store;
-  };
+  const open = () => openStore(root, { keep: 2, trustedKeys: [keys.publicKey] });
   /** Packs a tree whose content is `id`, signed as release `releaseId` (default `id`). */
   const artifact = async (id: string, createdAt = new Date(), releaseId = id) => {
     const src = path.join(tmp.dir, 'src', id);

@@ -5,8 +5,8 @@ import { describe, it } from 'node:test';
 import { packDirectory } from '../../src/artifact/pack.js';
 import { buildManifest } from '../../src/artifact/release-id.js';
 import { generateKeyPair, signManifest, type KeyPair } from '../../src/artifact/sign.js';
-import { ReleaseStore, type StoreOptions } from '../../src/artifact/store.js';
-import { rejectsWith } from '../support/artifact-support.js';
+import type { ReleaseStore, StoreOptions } from '../../src/artifact/store.js';
+import { openStore, rejectsWith } from '../support/artifact-support.js';
 import { tempDir } from '../../support/temp-dir.js';
 
 const oldKey = generateKeyPair();
@@ -16,18 +16,8 @@ const newKey = generateKeyPair();
  * A store under `root` as an agent with these settings opens it: the same folder opened again
  * with other trusted keys is an agent restarted (or upgraded) with a new config.
  */
-async function open(root: string, opts: Partial<StoreOptions> = {}): Promise<ReleaseStore> {
-  const store = new ReleaseStore({
-    root,
-    app: 'web',
-    keep: 5,
-    trustedKeys: [oldKey.publicKey],
-    allowUnsigned: false,
-    maxArchiveBytes: 10 * 1024 * 1024,
-    ...opts,
-  });
-  await store.init();
-  return store;
+function open(root: string, opts: Partial<StoreOptions> = {}): Promise<ReleaseStore> {
+  return openStore(root, { trustedKeys: [oldKey.publicKey], ...opts });
 }
 
 async function setup() {

@@ -7,22 +7,17 @@ import { describe, it } from 'node:test';
 import { packDirectory } from '../../src/artifact/pack.js';
 import { buildManifest } from '../../src/artifact/release-id.js';
 import { generateKeyPair, signManifest } from '../../src/artifact/sign.js';
-import { ReleaseStore } from '../../src/artifact/store.js';
+import { openStore } from '../support/artifact-support.js';
 import { tempDir } from '../../support/temp-dir.js';
 
 const keys = generateKeyPair();
 
 async function setup() {
   const tmp = await tempDir();
-  const store = new ReleaseStore({
-    root: path.join(tmp.dir, 'store'),
-    app: 'web',
+  const store = await openStore(path.join(tmp.dir, 'store'), {
     keep: 2,
     trustedKeys: [keys.publicKey],
-    allowUnsigned: false,
-    maxArchiveBytes: 10 * 1024 * 1024,
   });
-  await store.init();
   /** Packs a small tree whose content is `id`, signed, as release `id`. */
   const artifact = async (id: string, createdAt = new Date(), content = id) => {
     const src = path.join(tmp.dir, 'src', id);

@@ -10,7 +10,7 @@ import { LogTail } from '../../src/supervisor/log-tail.js';
 import { claimPidFile, releasePidFile, runningAgentPid } from '../../src/supervisor/pid-file.js';
 import { resolveCommand } from '../../src/supervisor/process-util.js';
 import { StateFile } from '../../src/supervisor/state.js';
-import { tempDir } from '../../support/temp-dir.js';
+import { tempDir, withTempDir } from '../../support/temp-dir.js';
 
 describe('readLines', () => {
   it('splits across chunks and stops at an overlong line', () => {
@@ -82,10 +82,9 @@ describe('LogTail', () => {
 });
 
 describe('LogTail, hardened', () => {
-  it('skips the hole of NUL bytes an app writing without O_APPEND leaves after a cut', async () => {
-    const tmp = await tempDir();
-    try {
-      const file = path.join(tmp.dir, 'gen.log');
+  it('skips the hole of NUL bytes an app writing without O_APPEND leaves after a cut', () =>
+    withTempDir(async (dir) => {
+      const file = path.join(dir, 'gen.log');
       const seen: string[] = [];
       const tail = new LogTail(file, 10, 1000, (l) => seen.push(l));
       await tail.start(10_000);
@@ -94,15 +93,11 @@ describe('LogTail, hardened', () => {
       await tail.poll();
       await tail.stop();
       assert.deepEqual(seen, ['after']);
-    } finally {
-      await tmp.cleanup();
-    }
-  });
+    }));
 
-  it('keeps a character whose bytes come in two reads whole', async () => {
-    const tmp = await tempDir();
-    try {
-      const file = path.join(tmp.dir, 'gen.log');
+  it('keeps a character whose bytes come in two reads whole', () =>
+    withTempDir(async (dir) => {
+      const file = path.join(dir, 'gen.log');
       await writeFile(file, Buffer.from([0x63, 0x61, 0x66, 0xc3]));
       const seen: string[] = [];
       const tail = new LogTail(file, 10, 1000, (l) => seen.push(l));
@@ -112,15 +107,11 @@ describe('LogTail, hardened', () => {
       await tail.poll();
       await tail.stop();
       assert.deepEqual(seen, ['café']);
-    } finally {
-      await tmp.cleanup();
-    }
-  });
+    }));
 
-  it('never shows a piece of a secret longer than a line, nor one held back for its end', async () => {
-    const tmp = await tempDir();
-    try {
-      const file = path.join(tmp.dir, 'gen.log');
+  it('never shows a piece of a secret longer than a line, nor one held back for its end', () =>
+    withTempDir(async (dir) => {
+      const file = path.join(dir, 'gen.log');
       const long = Array.from({ length: 10_000 }, (_, i) => 'abcdefghij'[i % 7]).join('') + 'Z';
       const mid = 'Q'.repeat(4999) + 'Y';
       await writeFile(file, '');
@@ -146,15 +137,11 @@ describe('LogTail, hardened', () => {
       assert.equal(text.includes(long.slice(0, 40)), false, 'no piece of the long secret');
       assert.equal(text.includes('Q'.repeat(40)), false, 'no piece of the other');
       assert.equal(text.replace(/\|/g, ''), 'k=*** *** *** end');
-    } finally {
-      await tmp.cleanup();
-    }
-  });
+    }));
 
-  it('masks before it clips, and cuts a long unfinished line outside any secret', async () => {
-    const tmp = await tempDir();
-    try {
-      const file = path.join(tmp.dir, 'gen.log');
+  it('masks before it clips, and cuts a long unfinished line outside any secret', () =>
+    withTempDir(async (dir) => {
+      const file = path.join(dir, 'gen.log');
       await writeFile(file, '');
       const seen: string[] = [];
       const masker = new SecretMasker(['0123456789abcdef']);
@@ -181,10 +168,7 @@ describe('LogTail, hardened', () => {
         tail.lines().every((l) => !/0123|cdef/.test(l)),
         true,
       );
-    } finally {
-      await tmp.cleanup();
-    }
-  });
+    }));
 });
 
 describe('StateFile', () => {
