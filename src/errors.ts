@@ -60,6 +60,8 @@ export type ErrorCode =
   | 'RELEASE_EXISTS'
   /** A release marked failed, switched to without `force`. */
   | 'RELEASE_FAILED'
+  /** A switch to the release that serves already: nothing to do (a fleet skips such a host). */
+  | 'ALREADY_CURRENT'
   /** A release id the store cannot keep apart from its own files (e.g. one ending in .json). */
   | 'RELEASE_ID_INVALID'
   // the channel between client and agent

@@ -14,15 +14,22 @@ export function channelAgent(agent: Agent): ChannelAgent {
         if (event.type === 'phase' && event.phase === 'received') uploadedBytes = asked;
         session.emit(event);
       });
+      const source = (bytes: number) => {
+        asked = bytes;
+        return upload(bytes);
+      };
       try {
+        if (req.type === 'stage') {
+          const staged = await agent.stageReceived(app, req.manifest, source);
+          return session.finish(staged);
+        }
         const result =
           req.type === 'deploy'
-            ? await agent.deployReceived(app, req.manifest, (bytes) => {
-                asked = bytes;
-                return upload(bytes);
-              })
+            ? await agent.deployReceived(app, req.manifest, source)
             : {
-                ...(await agent.rollback(app, req.to, { force: req.force === true })),
+                ...(req.type === 'switch'
+                  ? await agent.switchTo(app, req.to)
+                  : await agent.rollback(app, req.to, { force: req.force === true })),
                 uploadedBytes: 0,
               };
         return session.finish({

@@ -150,7 +150,7 @@ export function originFromEnv(env: NodeJS.ProcessEnv): DeployOrigin {
  */
 export function deployIdFor(
   given: string | undefined,
-  kind: 'deploy' | 'rollback',
+  kind: 'deploy' | 'rollback' | 'stage' | 'switch',
   app: string,
   hostLabel: string,
   env: NodeJS.ProcessEnv,

@@ -2,7 +2,9 @@ import { open } from 'node:fs/promises';
 import type { SignedManifest } from '../protocol/manifest.js';
 import { BatonError, errorCode, errorMessage } from '../errors.js';
 import {
+  PROTOCOL_SINCE,
   UPLOAD_CHUNK_BYTES,
+  type ClientMessage,
   type DeployEvent,
   type DeployOrigin,
   type DeployOutcome,
@@ -11,10 +13,14 @@ import {
 import { AgentClient } from '../transport/client.js';
 import type { Dialer } from '../transport/dialer.js';
 
-/** One host's part of a deploy or rollback, as the client sends it. */
+/**
+ * One host's part of a deploy, rollback, stage or switch, as the client sends it. A fleet deploy
+ * stages on every host first (the store only: nothing handed over), then switches host by host.
+ */
 export type HostPlan =
   | {
-      kind: 'deploy';
+      /** Into the store, then handed over. */
+      kind: 'deploy' | 'stage';
       deployId: string;
       app: string;
       manifest: SignedManifest;
@@ -29,6 +35,14 @@ export type HostPlan =
       to?: string;
       /** Take a release marked failed all the same (its signature is checked still). */
       force?: boolean;
+      origin: DeployOrigin;
+    }
+  | {
+      /** To a release the host holds (staged before); refused ALREADY_CURRENT if it serves already. */
+      kind: 'switch';
+      deployId: string;
+      app: string;
+      to: string;
       origin: DeployOrigin;
     };
 
@@ -66,11 +80,13 @@ const RETRYABLE = new Set([
 const HIGH_WATER = 8 * 1024 * 1024;
 
 /**
- * Runs one deploy or rollback on one host to a single, final outcome. A dropped connection is
- * re-opened and the deploy re-attached by its id: events resume where they stopped (numbered,
- * so none twice), and an upload cut short starts over. Throws only when the deploy could not
- * be followed to its end (auth, host key, busy, too many drops); a deploy that failed on the
- * host is an outcome with `ok: false`.
+ * Runs one deploy, rollback, stage or switch on one host to a single, final outcome. A dropped
+ * connection is re-opened and the deploy re-attached by its id: events resume where they
+ * stopped (numbered, so none twice), and an upload cut short starts over. Throws only when the
+ * deploy could not be followed to its end (auth, host key, busy, too many drops, a stage or
+ * switch to an agent that speaks protocol 1: PROTOCOL_MISMATCH); a deploy that failed or was
+ * refused on the host is an outcome with `ok: false` (a switch to the release that serves
+ * already: error code ALREADY_CURRENT).
  */
 export async function deployToHost(
   dialer: Dialer,
@@ -86,6 +102,7 @@ export async function deployToHost(
     let client: AgentClient | undefined;
     try {
       client = await AgentClient.connect(dialer, token, { heartbeatMs: opts.heartbeatMs });
+      checkProtocol(client, plan.kind, dialer.describe);
       return await follow(client, plan, reporter, state);
     } catch (err) {
       const code = errorCode(err) ?? '';
@@ -100,6 +117,42 @@ export async function deployToHost(
     } finally {
       client?.close();
     }
+  }
+}
+
+/**
+ * An agent from before a request would refuse it (its schema does not know it): say so in terms
+ * of what to do, before anything is sent.
+ */
+function checkProtocol(client: AgentClient, kind: HostPlan['kind'], where: string): void {
+  if (kind !== 'stage' && kind !== 'switch') return;
+  const since = PROTOCOL_SINCE[kind];
+  if (client.protocol >= since) return;
+  throw new BatonError(
+    'PROTOCOL_MISMATCH',
+    `the agent at ${where} (${client.agentName}) speaks protocol ${client.protocol}; ${kind} needs protocol ${since}: upgrade the agent there (baton agent upgrade) and try again. Nothing was sent`,
+  );
+}
+
+/** The request that starts (or re-attaches to) the plan's session. */
+function requestFor(plan: HostPlan): ClientMessage {
+  const { deployId, app, origin } = plan;
+  switch (plan.kind) {
+    case 'deploy':
+    case 'stage':
+      return { type: plan.kind, deployId, app, manifest: plan.manifest, origin };
+    case 'switch':
+      return { type: 'switch', deployId, app, to: plan.to, origin };
+    case 'rollback':
+      return {
+        type: 'rollback',
+        deployId,
+        app,
+        ...(plan.to !== undefined && { to: plan.to }),
+        // Only when set: an agent from before the field refuses any message that has it.
+        ...(plan.force === true && { force: true }),
+        origin,
+      };
   }
 }
 
@@ -120,24 +173,7 @@ function follow(
     const send = (how: 'request' | 'attach') => {
       if (how === 'attach')
         return client.send({ type: 'attach', deployId: plan.deployId, after: state.lastSeq });
-      if (plan.kind === 'deploy')
-        client.send({
-          type: 'deploy',
-          deployId: plan.deployId,
-          app: plan.app,
-          manifest: plan.manifest,
-          origin: plan.origin,
-        });
-      else
-        client.send({
-          type: 'rollback',
-          deployId: plan.deployId,
-          app: plan.app,
-          ...(plan.to !== undefined && { to: plan.to }),
-          // Only when set: an agent from before the field refuses any message that has it.
-          ...(plan.force === true && { force: true }),
-          origin: plan.origin,
-        });
+      client.send(requestFor(plan));
     };
     client.onMessage((msg) => {
       if (!mine(msg)) return;
@@ -148,11 +184,11 @@ function follow(
           state.accepted = true;
           return;
         case 'upload':
-          if (plan.kind !== 'deploy')
+          if (plan.kind !== 'deploy' && plan.kind !== 'stage')
             return reject(
               new BatonError(
                 'PROTOCOL_VIOLATION',
-                'the agent asked for an upload during a rollback',
+                `the agent asked for an upload during a ${plan.kind}`,
               ),
             );
           // Uploading until the agent says it received it all: bytes handed to the socket may
@@ -168,7 +204,10 @@ function follow(
           if (msg.seq <= state.lastSeq) return;
           state.lastSeq = msg.seq;
           // Our own upload was cut: nothing changed on the host, so the deploy runs again.
-          if (msg.outcome.error?.code === 'UPLOAD_INCOMPLETE' && plan.kind === 'deploy') {
+          if (
+            msg.outcome.error?.code === 'UPLOAD_INCOMPLETE' &&
+            (plan.kind === 'deploy' || plan.kind === 'stage')
+          ) {
             // That session is over: the next connection asks anew, which starts a fresh one.
             state.accepted = false;
             state.uploading = false;

@@ -11,11 +11,23 @@ import { PhaseEventSchema, LogEventSchema } from './events.js';
  *    and a fresh nonce), or an error naming both sides' versions.
  * 2. client `auth` (HMAC of both nonces under the agent's token, and its own nonce) → agent
  *    `welcome` (its own HMAC over them: the agent proves it holds the token too).
- * 3. Requests. A deploy or rollback carries a deploy id chosen by the client; sending one again
- *    re-attaches to it. The agent streams numbered `event`s and one `result` per deploy.
+ * 3. Requests. A deploy, rollback, stage or switch carries a deploy id chosen by the client;
+ *    sending one again re-attaches to it. The agent streams numbered `event`s and one `result`
+ *    per deploy.
+ *
+ * Versions: the agent chooses the highest version both sides list in hello. Protocol 2 adds
+ * `stage` (upload, verify, unpack: no handover) and `switch` (hand over to a staged release),
+ * the two passes of a fleet deploy; everything else is as in 1. On a connection that chose 1 the
+ * agent refuses them (PROTOCOL_MISMATCH) and the client does not send them.
  */
-export const PROTOCOL_VERSION = 1;
-export const SUPPORTED_PROTOCOLS: readonly number[] = [PROTOCOL_VERSION];
+export const PROTOCOL_VERSION = 2;
+export const SUPPORTED_PROTOCOLS: readonly number[] = [1, PROTOCOL_VERSION];
+
+/**
+ * Requests that are not in every supported version, with the version that brought them: a
+ * connection that chose an older one is refused them.
+ */
+export const PROTOCOL_SINCE = { stage: 2, switch: 2 } as const;
 
 /** Largest frame the agent accepts; artifact bytes come in chunks well below it. */
 export const DEFAULT_MAX_PAYLOAD = 1024 * 1024;
@@ -89,6 +101,42 @@ export const RollbackRequestSchema = z
   .strict();
 export type RollbackRequest = z.infer<typeof RollbackRequestSchema>;
 
+/**
+ * Protocol 2. The first pass of a fleet deploy: the artifact into the host's release store
+ * (uploaded only when the store lacks its digest, verified, unpacked) and nothing more. What
+ * runs is not touched, no release is marked failed, nothing is pruned.
+ */
+export const StageRequestSchema = z
+  .object({
+    type: z.literal('stage'),
+    deployId: DeployIdSchema,
+    app: AppName,
+    manifest: SignedManifestSchema,
+    origin: DeployOriginSchema,
+  })
+  .strict();
+export type StageRequest = z.infer<typeof StageRequestSchema>;
+
+/**
+ * Protocol 2. The second pass: hand over to a release the host holds (staged before), checked
+ * as a rollback's is (its signature against the keys trusted now; one marked failed refused).
+ * The release that serves already is refused (ALREADY_CURRENT).
+ */
+export const SwitchRequestSchema = z
+  .object({
+    type: z.literal('switch'),
+    deployId: DeployIdSchema,
+    app: AppName,
+    /** The release to serve: one the host holds. */
+    to: ReleaseIdSchema,
+    origin: DeployOriginSchema,
+  })
+  .strict();
+export type SwitchRequest = z.infer<typeof SwitchRequestSchema>;
+
+/** What runs in a deploy session on the agent: each ends with one outcome. */
+export type SessionRequest = DeployRequest | RollbackRequest | StageRequest | SwitchRequest;
+
 /** Re-attach to a deploy by id: messages numbered above `after` are sent again, then live ones. */
 export const AttachRequestSchema = z
   .object({
@@ -108,6 +156,8 @@ export const ClientMessageSchema = z.discriminatedUnion('type', [
   AuthSchema,
   DeployRequestSchema,
   RollbackRequestSchema,
+  StageRequestSchema,
+  SwitchRequestSchema,
   AttachRequestSchema,
   ...QueryRequestSchema.options,
 ]);
@@ -150,11 +200,12 @@ export type DeployEvent = z.infer<typeof DeployEventSchema>;
 export const DeployOutcomeSchema = z
   .object({
     deployId: DeployIdSchema,
-    kind: z.enum(['deploy', 'rollback']),
+    kind: z.enum(['deploy', 'rollback', 'stage', 'switch']),
     app: z.string(),
     ok: z.boolean(),
     releaseId: z.string().optional(),
     previousReleaseId: z.string().optional(),
+    /** The generation that serves after it; none for a stage, which starts none. */
     generation: z.number().int().optional(),
     cold: z.boolean().optional(),
     /** Artifact bytes that crossed the wire: 0 when the agent already had the digest. */

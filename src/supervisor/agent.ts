@@ -250,6 +250,43 @@ export class Agent {
   }
 
   /**
+   * Stages an artifact a remote client sends: the store part of {@link deployReceived} alone
+   * (signature first, bytes asked for only when the store lacks the digest, verified, unpacked,
+   * each reported as a phase), for a later {@link switchTo}. What runs is not touched; nothing is
+   * marked failed or pruned.
+   */
+  async stageReceived(
+    app: string,
+    signed: SignedManifest,
+    source: (bytes: number) => Readable,
+  ): Promise<{ releaseId: string; uploadedBytes: number }> {
+    this.supervisor(app);
+    const store = this.stores.get(app)!;
+    const releaseId = signed.manifest.releaseId;
+    const release = await store.addFrom(signed, source, (phase, durationMs, detail) =>
+      report(this.reporter, { type: 'phase', app, phase, releaseId, durationMs, detail }),
+    );
+    return { releaseId: release.id, uploadedBytes: release.uploadedBytes };
+  }
+
+  /**
+   * Hands over to a release the store holds (one staged before), checked as a rollback's is:
+   * its signature against the keys trusted now, and one marked failed refused (no force here).
+   * The release that serves already is refused with ALREADY_CURRENT.
+   */
+  async switchTo(app: string, to: string): Promise<StoreDeployResult> {
+    const sup = this.supervisor(app);
+    const store = this.stores.get(app)!;
+    if (to === sup.status().release?.id)
+      throw new BatonError(
+        'ALREADY_CURRENT',
+        `${to} is already the current release of ${app}: nothing to switch`,
+      );
+    const stored = await store.get(to);
+    return this.deployStored(sup, store, stored.id, stored.dir, true);
+  }
+
+  /**
    * Hands over to the previous release (or a named one) that the host still has: no upload.
    * The store checks it as it is now (its signature against the keys trusted now, and whether
    * it failed: `force` takes a failed one all the same); what runs meanwhile is not touched.

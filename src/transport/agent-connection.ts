@@ -4,10 +4,10 @@ import { BatonError, errorCode, errorMessage, formatIssues } from '../errors.js'
 import {
   ClientMessageSchema,
   CloseCode,
+  PROTOCOL_SINCE,
   type ClientMessage,
-  type DeployRequest,
-  type RollbackRequest,
   type ServerMessage,
+  type SessionRequest,
 } from '../protocol/channel.js';
 import type { DeploySession, SessionInfo, SessionRegistry } from './deploy-session.js';
 import type { ChannelAgent } from './channel-agent.js';
@@ -137,6 +137,19 @@ export class AgentConnection {
       return this.send(step.message);
     }
     switch (msg.type) {
+      case 'stage':
+      case 'switch': {
+        const since = PROTOCOL_SINCE[msg.type];
+        const spoken = this.handshake.protocol;
+        if (spoken < since)
+          return this.send({
+            type: 'error',
+            code: 'PROTOCOL_MISMATCH',
+            deployId: msg.deployId,
+            message: `${msg.type} is a protocol ${since} request, and this connection speaks protocol ${spoken} (the client's hello offered no later version); nothing changed on the host. Use a client that speaks protocol ${since}`,
+          });
+        return void this.onDeploy(msg);
+      }
       case 'deploy':
       case 'rollback':
         return void this.onDeploy(msg);
@@ -186,16 +199,13 @@ export class AgentConnection {
     });
   }
 
-  private async onDeploy(req: DeployRequest | RollbackRequest): Promise<void> {
+  private async onDeploy(req: SessionRequest): Promise<void> {
     const info: SessionInfo = {
       deployId: req.deployId,
       kind: req.type,
       app: req.app,
       origin: req.origin,
-      subject:
-        req.type === 'deploy'
-          ? req.manifest.manifest.archive.sha256
-          : `${req.to ?? 'previous'}${req.force === true ? ' (forced)' : ''}`,
+      subject: subjectOf(req),
     };
     const { registry } = this.deps;
     let existing = registry.get(req.deployId);
@@ -326,5 +336,18 @@ export class AgentConnection {
       return;
     }
     if (up.take(chunk)) this.upload = undefined;
+  }
+}
+
+/** What a request is about: the same deploy id with another subject is another deploy. */
+function subjectOf(req: SessionRequest): string {
+  switch (req.type) {
+    case 'deploy':
+    case 'stage':
+      return req.manifest.manifest.archive.sha256;
+    case 'switch':
+      return req.to;
+    case 'rollback':
+      return `${req.to ?? 'previous'}${req.force === true ? ' (forced)' : ''}`;
   }
 }

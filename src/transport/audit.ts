@@ -1,6 +1,6 @@
 import { appendFile, mkdir, rename, stat } from 'node:fs/promises';
 import path from 'node:path';
-import type { DeployOrigin } from '../protocol/channel.js';
+import type { DeployOrigin, DeployOutcome } from '../protocol/channel.js';
 
 /** What an unauthenticated peer can make the agent write: these are summarised, not each logged. */
 export type RefusalEvent = 'auth-failed' | 'auth-rate-limited' | 'connection-refused';
@@ -21,7 +21,7 @@ export type AuditEntry =
       event: 'deploy-started' | 'deploy-attached';
       peer: string;
       deployId: string;
-      kind: 'deploy' | 'rollback';
+      kind: DeployOutcome['kind'];
       app: string;
       subject: string;
       origin: DeployOrigin;
@@ -29,7 +29,7 @@ export type AuditEntry =
   | {
       event: 'deploy-finished';
       deployId: string;
-      kind: 'deploy' | 'rollback';
+      kind: DeployOutcome['kind'];
       app: string;
       origin: DeployOrigin;
       ok: boolean;

@@ -41,6 +41,11 @@ export class AgentClient {
   maxFrame = DEFAULT_MAX_PAYLOAD;
   /** The agent's own description, e.g. `baton 0.1.0`. */
   agentName = '';
+  /**
+   * The protocol version the agent chose at hello (the highest both speak): requests newer
+   * than it (see PROTOCOL_SINCE) must not be sent. 0 until the handshake is done.
+   */
+  protocol = 0;
 
   private constructor(private readonly ws: WebSocket) {
     ws.on('message', (data, isBinary) => this.onFrame(data, isBinary));
@@ -111,6 +116,7 @@ export class AgentClient {
           'PROTOCOL_MISMATCH',
           `the agent (${challenge.agent}) chose protocol ${challenge.protocol}, this client (baton ${toolVersion()}) speaks ${SUPPORTED_PROTOCOLS.join(', ')}; upgrade the older side`,
         );
+      this.protocol = challenge.protocol;
       const clientNonce = makeNonce();
       this.send({ type: 'auth', clientNonce, mac: clientMac(token, challenge.nonce, clientNonce) });
       const welcome = await this.next((m) => m.type === 'welcome');

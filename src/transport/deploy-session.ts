@@ -20,15 +20,18 @@ type Listener = (msg: SessionMessage) => void;
 
 export interface SessionInfo {
   deployId: string;
-  kind: 'deploy' | 'rollback';
+  kind: DeployOutcome['kind'];
   app: string;
   origin: DeployOrigin;
-  /** The artifact's digest (a deploy) or the release asked for (a rollback): same id, same thing. */
+  /**
+   * The artifact's digest (a deploy, a stage) or the release asked for (a rollback, a switch):
+   * same id, same thing.
+   */
   subject: string;
 }
 
 /**
- * One deploy or rollback on the agent, independent of any connection: it runs to its end
+ * One deploy, rollback, stage or switch on the agent, independent of any connection: it runs to its end
  * whether or not a client listens. Its events are numbered, kept (bounded), and replayed to a
  * client that re-attaches; the outcome stays after the end.
  */

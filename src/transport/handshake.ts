@@ -32,6 +32,8 @@ export class Handshake {
   private step: 'hello' | 'auth' | 'done' = 'hello';
   private nonce = '';
   private clientName = '';
+  /** The version chosen at hello (the highest both sides speak); 0 before. */
+  private chosen = 0;
 
   constructor(
     private readonly peer: string,
@@ -40,6 +42,11 @@ export class Handshake {
 
   get done(): boolean {
     return this.step === 'done';
+  }
+
+  /** The protocol version this connection speaks; 0 before hello. */
+  get protocol(): number {
+    return this.chosen;
   }
 
   take(msg: ClientMessage): HandshakeStep {
@@ -63,11 +70,12 @@ export class Handshake {
     this.step = 'auth';
     this.nonce = makeNonce();
     this.clientName = client;
+    this.chosen = Math.max(...common);
     return {
       kind: 'answer',
       message: {
         type: 'challenge',
-        protocol: Math.max(...common),
+        protocol: this.chosen,
         nonce: this.nonce,
         agent: `baton ${toolVersion()}`,
         maxPayload: this.deps.maxPayload ?? DEFAULT_MAX_PAYLOAD,

@@ -6,6 +6,7 @@ export interface AuditLine {
   event: string;
   peer?: string;
   deployId?: string;
+  kind?: string;
   ok?: boolean;
   code?: string;
   uploadedBytes?: number;

@@ -3,10 +3,17 @@ import { chmod, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { describe, it } from 'node:test';
 import { BatonError } from '../../src/errors.js';
+import { buildManifest } from '../../src/artifact/release-id.js';
+import { generateKeyPair, signManifest } from '../../src/artifact/sign.js';
 import {
   ClientMessageSchema,
   DeployOutcomeSchema,
+  PROTOCOL_SINCE,
+  PROTOCOL_VERSION,
   ServerMessageSchema,
+  StageRequestSchema,
+  SUPPORTED_PROTOCOLS,
+  SwitchRequestSchema,
 } from '../../src/protocol/channel.js';
 import {
   agentProof,
@@ -136,6 +143,51 @@ describe('wire schemas', () => {
     );
     assert.ok(!ServerMessageSchema.safeParse({ type: 'welcome', proof: 'zz' }).success);
   });
+
+  it('stage carries a deploy’s fields, switch a release id; both strict, both protocol 2', () => {
+    const manifest = buildManifest({
+      app: 'web',
+      releaseId: 'rel-b',
+      archive: { sha256: 'a'.repeat(64), size: 10, entries: 1 },
+      now: new Date('2026-11-24T15:30:00Z'),
+    });
+    const signed = signManifest(manifest, generateKeyPair().privateKeyPem);
+    const stage = { type: 'stage', deployId: 's-1', app: 'web', manifest: signed, origin };
+    assert.ok(StageRequestSchema.safeParse(stage).success);
+    assert.ok(ClientMessageSchema.safeParse(stage).success);
+    assert.ok(!ClientMessageSchema.safeParse({ ...stage, to: 'rel-b' }).success);
+    assert.ok(!ClientMessageSchema.safeParse({ ...stage, manifest: undefined }).success);
+    const sw = { type: 'switch', deployId: 'w-1', app: 'web', to: 'rel-b', origin };
+    assert.ok(SwitchRequestSchema.safeParse(sw).success);
+    assert.ok(ClientMessageSchema.safeParse(sw).success);
+    // No "previous" switch, and no force: a switch names the release it goes to.
+    assert.ok(!ClientMessageSchema.safeParse({ ...sw, to: undefined }).success);
+    assert.ok(!ClientMessageSchema.safeParse({ ...sw, force: true }).success);
+    assert.ok(!ClientMessageSchema.safeParse({ ...sw, to: '../etc' }).success);
+    assert.ok(!ClientMessageSchema.safeParse({ ...sw, manifest: signed }).success);
+
+    assert.equal(PROTOCOL_VERSION, 2);
+    assert.deepEqual(SUPPORTED_PROTOCOLS, [1, 2]);
+    assert.deepEqual(PROTOCOL_SINCE, { stage: 2, switch: 2 });
+  });
+
+  it('outcomes may be of kind stage and switch; a stage names no generation', () => {
+    const outcome = {
+      deployId: 's-1',
+      kind: 'stage',
+      app: 'web',
+      ok: true,
+      releaseId: 'rel-b',
+      uploadedBytes: 10,
+      phases: { received: 1, verified: 1, unpacked: 1 },
+      totalMs: 3,
+      startedAt: '2026-11-24T15:30:00.000Z',
+      finishedAt: '2026-11-24T15:30:00.003Z',
+    };
+    assert.ok(DeployOutcomeSchema.safeParse(outcome).success);
+    assert.ok(DeployOutcomeSchema.safeParse({ ...outcome, kind: 'switch' }).success);
+    assert.ok(!DeployOutcomeSchema.safeParse({ ...outcome, kind: 'upgrade' }).success);
+  });
 });
 
 describe('deploy sessions', () => {
@@ -184,6 +236,20 @@ describe('deploy sessions', () => {
     assert.equal(s.retryable, true);
     assert.ok(s.sameAs(info('d1')));
     assert.ok(!s.sameAs({ ...info('d1'), subject: 'other' }));
+  });
+
+  it('a stage or switch holds its app as a deploy does; the same id of another kind is not the same', () => {
+    const reg = new SessionRegistry(10);
+    const stage = reg.begin({ ...info('s1'), kind: 'stage' });
+    assert.throws(() => reg.begin({ ...info('w1'), kind: 'switch', subject: 'rel-b' }), {
+      code: 'DEPLOY_BUSY',
+      message: /busy: stage s1 by ci/,
+    });
+    assert.ok(stage.sameAs({ ...info('s1'), kind: 'stage' }));
+    assert.ok(!stage.sameAs(info('s1')), 'a deploy of the same digest is not that stage');
+    const outcome = stage.finish({ releaseId: 'rel-b', uploadedBytes: 0 });
+    assert.equal(outcome.kind, 'stage');
+    assert.equal(outcome.generation, undefined);
   });
 });
 
