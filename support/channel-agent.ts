@@ -40,20 +40,27 @@ export interface ChannelAgent {
  * An agent serving the `web` app from release r0, with a channel on a socket in its temp dir
  * and on a free loopback port, a fresh token (0600) and a signing key it trusts. `channel`
  * overrides channel settings (`port: undefined`: the socket only, as the default config).
+ * `keys` is a `baton keygen` folder to trust instead of a fresh one, `tokenFile` a token to
+ * take instead of a fresh one (a fleet shares both).
  */
 export async function startChannelAgent(
   channel: Record<string, unknown> = {},
   app: Record<string, unknown> = {},
   agentOpts: Parameters<typeof startAgent>[1] = {},
+  shared: { keys?: string; tokenFile?: string } = {},
 ): Promise<ChannelAgent> {
   const tmp = await tempDir();
-  const keys = path.join(tmp.dir, 'keys');
-  const r = batonSync(['keygen', '--out', keys]);
-  if (r.status !== 0) throw new Error(r.stderr);
+  const keys = shared.keys ?? path.join(tmp.dir, 'keys');
+  if (shared.keys === undefined) {
+    const r = batonSync(['keygen', '--out', keys]);
+    if (r.status !== 0) throw new Error(r.stderr);
+  }
   const publicKey = (await readFile(path.join(keys, 'baton.pub'), 'utf8')).trim();
-  const tokenFile = path.join(tmp.dir, 'token');
-  const t = batonSync(['agent', 'token', '--out', tokenFile]);
-  if (t.status !== 0) throw new Error(t.stderr);
+  const tokenFile = shared.tokenFile ?? path.join(tmp.dir, 'token');
+  if (shared.tokenFile === undefined) {
+    const t = batonSync(['agent', 'token', '--out', tokenFile]);
+    if (t.status !== 0) throw new Error(t.stderr);
+  }
   const token = (await readFile(tokenFile, 'utf8')).trim();
   const channelSocket = path.join(tmp.dir, 'channel.sock');
   const [r0] = await releases(tmp.dir, 'r0');

@@ -4,7 +4,7 @@ import { mkdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BatonError } from '../errors.js';
-import type { SupervisorEvent } from '../protocol/events.js';
+import { formatEvent } from '../protocol/events.js';
 import { z } from 'zod';
 import {
   AgentStatusSchema,
@@ -26,19 +26,6 @@ import { controlCall } from './control-client.js';
 export interface Output {
   line(text: string): void;
   json(value: unknown): void;
-}
-
-/** How the CLI shows a live event: one plain line. */
-export function formatEvent(e: SupervisorEvent): string {
-  if (e.type === 'log') return `  ${e.app} ${e.source} | ${e.line}`;
-  const parts = [`${e.app}: ${e.phase}`];
-  if (e.hook) parts.push(`hook ${e.hook}`);
-  if (e.generation !== undefined) parts.push(`gen ${e.generation}`);
-  if (e.releaseId) parts.push(`release ${e.releaseId}`);
-  if (e.pid !== undefined) parts.push(`pid ${e.pid}`);
-  if (e.durationMs !== undefined) parts.push(`${e.durationMs} ms`);
-  if (e.detail) parts.push(`(${e.detail})`);
-  return parts.join(' ');
 }
 
 /** node + the compiled CLI, however this process was started (agent/main.js or the bin). */

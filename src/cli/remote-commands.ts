@@ -2,11 +2,13 @@ import { BatonError } from '../errors.js';
 import type { DeployEvent, DeployOrigin, DeployOutcome } from '../protocol/channel.js';
 import { deployToHost, type HostPlan, type HostReporter } from '../deploy/host-deploy.js';
 import { AgentClient } from '../transport/client.js';
-import { formatEvent, type Output } from './agent-commands.js';
+import { formatEvent } from '../protocol/events.js';
+import type { Output } from './agent-commands.js';
 import { printPacked } from './artifact-commands.js';
 import { prepareArtifact } from '../deploy/prepare-artifact.js';
 import { Progress } from './progress.js';
-import { deployIdFor, originFromEnv, remoteTarget, type RemoteValues } from './remote-options.js';
+import { deployIdFor, originFromEnv } from '../deploy/origin.js';
+import { remoteTarget, type RemoteValues } from './remote-options.js';
 
 export interface RemoteFlags {
   json: boolean;

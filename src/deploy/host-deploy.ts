@@ -61,6 +61,12 @@ export interface HostDeployOptions {
   /** First wait before a reconnect; doubles each time, up to 10 s. Default 500. */
   backoffMs?: number;
   heartbeatMs?: number;
+  /**
+   * Stops following when aborted: the connection closes (an upload under way stops there, so
+   * nothing changes on the host) and DEPLOY_ABORTED is thrown, with no reconnect. A handover
+   * already under way on the host runs to its end there all the same.
+   */
+  signal?: AbortSignal;
 }
 
 /** Failures where trying again on a new connection can help; every other one is final. */
@@ -98,13 +104,20 @@ export async function deployToHost(
   const reconnects = opts.reconnects ?? 5;
   let backoff = opts.backoffMs ?? 500;
   const state = { lastSeq: 0, accepted: false, uploading: false };
+  const aborted = () =>
+    new BatonError('DEPLOY_ABORTED', `${plan.kind} ${plan.deployId} stopped: cancelled`);
   for (let attempt = 0; ; attempt++) {
     let client: AgentClient | undefined;
+    const stop = () => client?.close();
     try {
+      if (opts.signal?.aborted) throw aborted();
+      opts.signal?.addEventListener('abort', stop, { once: true });
       client = await AgentClient.connect(dialer, token, { heartbeatMs: opts.heartbeatMs });
+      if (opts.signal?.aborted) throw aborted();
       checkProtocol(client, plan.kind, dialer.describe);
       return await follow(client, plan, reporter, state);
     } catch (err) {
+      if (opts.signal?.aborted) throw aborted();
       const code = errorCode(err) ?? '';
       // openSsh retries its own connects; past those, a host that was never reached is final.
       const again = RETRYABLE.has(code) && (code !== 'SSH_CONNECT_FAILED' || state.accepted);
@@ -115,6 +128,7 @@ export async function deployToHost(
       await new Promise((resolve) => setTimeout(resolve, backoff));
       backoff = Math.min(backoff * 2, 10_000);
     } finally {
+      opts.signal?.removeEventListener('abort', stop);
       client?.close();
     }
   }

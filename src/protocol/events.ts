@@ -64,3 +64,16 @@ type Omitted<T> = T extends unknown ? Omit<T, 'at'> : never;
 export function report(reporter: Reporter, event: Omitted<SupervisorEvent>): void {
   reporter({ ...event, at: new Date().toISOString() });
 }
+
+/** A live event as one plain line, the way the CLI and the action show it. */
+export function formatEvent(e: SupervisorEvent): string {
+  if (e.type === 'log') return `  ${e.app} ${e.source} | ${e.line}`;
+  const parts = [`${e.app}: ${e.phase}`];
+  if (e.hook) parts.push(`hook ${e.hook}`);
+  if (e.generation !== undefined) parts.push(`gen ${e.generation}`);
+  if (e.releaseId) parts.push(`release ${e.releaseId}`);
+  if (e.pid !== undefined) parts.push(`pid ${e.pid}`);
+  if (e.durationMs !== undefined) parts.push(`${e.durationMs} ms`);
+  if (e.detail) parts.push(`(${e.detail})`);
+  return parts.join(' ');
+}

@@ -1,7 +1,8 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { DeployIdSchema } from '../../src/protocol/channel.js';
-import { deployIdFor, originFromEnv, remoteTarget } from '../../src/cli/remote-options.js';
+import { deployIdFor, originFromEnv } from '../../src/deploy/origin.js';
+import { remoteTarget } from '../../src/cli/remote-options.js';
 import { rejectsWith } from '../support/artifact-support.js';
 
 const token = 'x'.repeat(43);

@@ -1,0 +1,306 @@
+import assert from 'node:assert/strict';
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { batonSync } from '../../support/baton-cli.js';
+import { startChannelAgent, type ChannelAgent } from '../../support/channel-agent.js';
+import { failures, startLoad, type LoadResult } from '../../support/load-client.js';
+import { startSshd, type TestSshd } from '../../support/sshd.js';
+import { tempDir } from '../../support/temp-dir.js';
+import { runAction, startFakeGitHub, type ActionRun } from '../support/run-action.js';
+
+/**
+ * The bundled action (dist/action.mjs), run as the runner runs it, against three real agents
+ * behind a real OpenSSH server on loopback, with load on every host through every run: not one
+ * request may fail, whatever the run does.
+ */
+describe('the action deploys a fleet of three hosts through OpenSSH', () => {
+  let sshd: TestSshd;
+  let work: { dir: string; cleanup(): Promise<void> };
+  let hosts: ChannelAgent[];
+  let signingKey: string;
+  let hostLines: string[];
+
+  before(async () => {
+    sshd = await startSshd();
+    work = await tempDir('baton-action-');
+    const keys = path.join(work.dir, 'keys');
+    const r = batonSync(['keygen', '--out', keys]);
+    assert.equal(r.status, 0, r.stderr);
+    signingKey = await readFile(path.join(keys, 'baton.key'), 'utf8');
+    const tokenFile = path.join(work.dir, 'token');
+    const t = batonSync(['agent', 'token', '--out', tokenFile]);
+    assert.equal(t.status, 0, t.stderr);
+    // Host 2 tells its apps apart (HOST_TAG): a release can then fail on it alone.
+    hosts = [];
+    for (const tag of ['h1', 'h2', 'h3'])
+      hosts.push(
+        await startChannelAgent(
+          { port: undefined },
+          { env: { HOST_TAG: tag }, readiness: { type: 'notify', timeoutMs: 4000 } },
+          {},
+          { keys, tokenFile },
+        ),
+      );
+    hostLines = hosts.map((h) => `${sshd.target} agent-socket=${h.channelSocket}`);
+  });
+
+  after(async () => {
+    for (const h of hosts ?? []) await h.cleanup();
+    await sshd?.stop();
+    await work?.cleanup();
+  });
+
+  /** What every run needs: where, who, the token and the key. */
+  function base(): Record<string, string> {
+    return {
+      hosts: hostLines.join('\n'),
+      'ssh-key': sshd.clientKey.privateKey,
+      'known-hosts': sshd.knownHostsLine,
+      'agent-token': hosts[0]!.token,
+      app: 'web',
+      'signing-key': signingKey,
+    };
+  }
+
+  /** Runs the action with load on every host; returns the run and each host's load. */
+  async function underLoad(
+    inputs: Record<string, string>,
+    env: Record<string, string> = {},
+    onStdout?: Parameters<typeof runAction>[3],
+  ): Promise<{ run: ActionRun; load: LoadResult[] }> {
+    const loads = hosts.map((h) =>
+      startLoad(h.appPort, { workers: 2, keepAlive: true, timeoutMs: 15_000, maxRequests: 40_000 }),
+    );
+    const run = await runAction(work.dir, { ...base(), ...inputs }, env, onStdout);
+    const load = await Promise.all(loads.map((l) => l.stop()));
+    return { run, load };
+  }
+
+  const releasesNow = () => Promise.all(hosts.map(async (h) => (await h.generation()).releaseId));
+
+  function assertNoDrops(load: LoadResult[], run: ActionRun): void {
+    for (const [i, l] of load.entries()) {
+      assert.ok(l.answered > 0, `host ${i + 1} answered nothing under load`);
+      assert.equal(
+        failures(l),
+        0,
+        `host ${i + 1} dropped requests: ${JSON.stringify(l.errors)}\n${run.stdout}`,
+      );
+    }
+  }
+
+  function assertNoSecrets(run: ActionRun): void {
+    // `::add-mask::` lines tell the runner what to hide: the only place a secret may be.
+    const log = run.stdout.replace(/^::add-mask::.*$/gm, '');
+    const shown = [log, run.stderr, run.summary, JSON.stringify(run.outputs)].join('\n');
+    assert.ok(!shown.includes(hosts[0]!.token), 'the agent token appears in the log');
+    const keyLine = sshd.clientKey.privateKey.split('\n')[1]!;
+    assert.ok(!shown.includes(keyLine), 'a line of the SSH key appears in the log');
+    assert.ok(!shown.includes(signingKey.split('\n')[1]!), 'the signing key appears in the log');
+  }
+
+  it('deploys to every host under load, records a GitHub Deployment, writes outputs and a summary', async () => {
+    const api = await startFakeGitHub();
+    try {
+      const src = await hosts[0]!.source('A');
+      const { run, load } = await underLoad(
+        {
+          artifact: src,
+          'release-id': 'A',
+          environment: 'production',
+          'environment-url': 'https://shop.example',
+        },
+        { GITHUB_API_URL: api.url },
+      );
+      assert.equal(run.code, 0, run.stdout + run.stderr);
+      assertNoDrops(load, run);
+      assert.deepEqual(await releasesNow(), ['A', 'A', 'A']);
+      assert.equal(run.outputs.release, 'A');
+      assert.equal(run.outputs['previous-release'], 'r0');
+      assert.equal(run.outputs['hosts-succeeded']!.split(',').length, 3);
+      assert.equal(run.outputs['hosts-failed'], '');
+      const report = JSON.parse(run.outputs.report!) as {
+        hosts: {
+          result: string;
+          before: string;
+          after: string;
+          bytesSent: number;
+          phases: Record<string, number>;
+        }[];
+      };
+      for (const h of report.hosts) {
+        assert.equal(h.result, 'switched');
+        assert.equal(h.before, 'r0');
+        assert.equal(h.after, 'A');
+        assert.ok(h.bytesSent > 0, 'each host received the artifact');
+        assert.ok('received' in h.phases && 'switched' in h.phases, JSON.stringify(h.phases));
+      }
+      // Live lines prefixed with the host, each host's detail in a group.
+      assert.match(run.stdout, /^\[[^\]]+\] web: switched/m);
+      assert.match(run.stdout, /^::group::.*: switch done/m);
+      assert.equal(run.summary.split('\n').filter((l) => l.includes('✅ switched')).length, 3);
+      assert.match(run.summary, /Every host runs `A`/);
+      // The deployment: created for the commit, then in_progress, then success.
+      assert.deepEqual(
+        api.calls.map((c) => `${c.method} ${c.path} ${String(c.body.state ?? c.body.environment)}`),
+        [
+          'POST /repos/acme/shop/deployments production',
+          `POST /repos/acme/shop/deployments/1000/statuses in_progress`,
+          `POST /repos/acme/shop/deployments/1000/statuses success`,
+        ],
+      );
+      assert.equal(api.calls[0]!.body.ref, '0123456789abcdef0123456789abcdef01234567');
+      assert.equal(api.calls[0]!.authorization, 'token ghs_faketoken0123456789');
+      assert.match(
+        String(api.calls[2]!.body.log_url),
+        /^https:\/\/github\.example\/acme\/shop\/actions\/runs\/\d+\/attempts\/1$/,
+      );
+      assert.equal(api.calls[2]!.body.environment_url, 'https://shop.example');
+      assertNoSecrets(run);
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('rolling: when host 2 never gets ready, the hosts already switched go back and host 3 is never touched', async () => {
+    const src = await hosts[0]!.source('B', { mode: 'never-ready-on h2' });
+    const { run, load } = await underLoad({
+      artifact: src,
+      'release-id': 'B',
+      strategy: 'rolling',
+      'batch-size': '1',
+      'on-failure': 'rollback',
+    });
+    assert.equal(run.code, 1, run.stdout);
+    assertNoDrops(load, run);
+    assert.deepEqual(await releasesNow(), ['A', 'A', 'A']);
+    const host2 = `${sshd.target}#${hosts[1]!.channelSocket}`;
+    assert.equal(run.outputs['hosts-failed'], host2);
+    assert.ok(
+      run.errors.some((e) => e.title.includes(host2) && /READINESS_TIMEOUT/.test(e.message)),
+      JSON.stringify(run.errors),
+    );
+    const report = JSON.parse(run.outputs.report!) as {
+      hosts: { result: string; after: string }[];
+    };
+    assert.deepEqual(
+      report.hosts.map((h) => h.result),
+      ['rolled-back', 'failed', 'not-switched'],
+    );
+    assert.match(run.stdout, /::error::.*host.*failed|::error::.*failed/);
+    assert.match(run.summary, /Rolled back:/);
+  });
+
+  it('one host unreachable at preflight: the step fails and nothing changes on any host', async () => {
+    const src = await hosts[0]!.source('C');
+    const { run, load } = await underLoad({
+      artifact: src,
+      'release-id': 'C',
+      hosts: [
+        ...hostLines,
+        `${sshd.target} agent-socket=${path.join(work.dir, 'no-agent.sock')}`,
+      ].join('\n'),
+    });
+    assert.equal(run.code, 1, run.stdout);
+    assertNoDrops(load, run);
+    assert.deepEqual(await releasesNow(), ['A', 'A', 'A']);
+    assert.match(run.stdout, /failed preflight; nothing was changed on any host/);
+    assert.doesNotMatch(run.stdout, /stage: sending/);
+  });
+
+  it('a GitHub API that refuses is a warning: the deploy goes on', async () => {
+    const api = await startFakeGitHub({ failWith: 403 });
+    try {
+      const src = await hosts[0]!.source('C');
+      const { run, load } = await underLoad(
+        { artifact: src, 'release-id': 'C', environment: 'production' },
+        { GITHUB_API_URL: api.url },
+      );
+      assert.equal(run.code, 0, run.stdout);
+      assertNoDrops(load, run);
+      assert.deepEqual(await releasesNow(), ['C', 'C', 'C']);
+      assert.ok(
+        run.warnings.some((w) => w.includes('no GitHub Deployment recorded')),
+        run.stdout,
+      );
+    } finally {
+      await api.close();
+    }
+  });
+
+  it('rollback: true puts every host back on the release they shared before, sending nothing', async () => {
+    const { run, load } = await underLoad({ rollback: 'true' });
+    assert.equal(run.code, 0, run.stdout);
+    assertNoDrops(load, run);
+    assert.deepEqual(await releasesNow(), ['A', 'A', 'A']);
+    assert.equal(run.outputs.release, 'A');
+    const report = JSON.parse(run.outputs.report!) as { hosts: { bytesSent: number }[] };
+    assert.ok(report.hosts.every((h) => h.bytesSent === 0));
+  });
+
+  it('a manual redeploy of a release the hosts hold sends 0 artifact bytes', async () => {
+    const { run, load } = await underLoad({ release: 'C' });
+    assert.equal(run.code, 0, run.stdout);
+    assertNoDrops(load, run);
+    assert.deepEqual(await releasesNow(), ['C', 'C', 'C']);
+    const report = JSON.parse(run.outputs.report!) as {
+      hosts: { bytesSent: number; result: string }[];
+    };
+    assert.deepEqual(
+      report.hosts.map((h) => [h.result, h.bytesSent]),
+      [
+        ['switched', 0],
+        ['switched', 0],
+        ['switched', 0],
+      ],
+    );
+  });
+
+  it('rollback where the hosts disagree on what ran before is refused before any change', async () => {
+    // Host 1 alone goes back to A: it ran C before now, the others ran A.
+    const one = await runAction(
+      work.dir,
+      { ...base(), hosts: hostLines[0]!, rollback: 'true' },
+      {},
+    );
+    assert.equal(one.code, 0, one.stdout);
+    const { run, load } = await underLoad({ rollback: 'true' });
+    assert.equal(run.code, 1, run.stdout);
+    assertNoDrops(load, run);
+    assert.deepEqual(await releasesNow(), ['A', 'C', 'C']);
+    assert.match(run.stdout, /do not share one previous release/);
+    assert.match(run.stdout, /runs A, ran C before/);
+    assert.match(run.stdout, /runs C, ran A before/);
+  });
+
+  it('SIGINT in the middle of a rolling deploy leaves no host between versions, and a re-run finishes', async () => {
+    // A slow hook gives the cancellation time to land between two hosts.
+    const src = await hosts[0]!.source('D', { hook: 'sleep 1' });
+    let sent = false;
+    const { run, load } = await underLoad(
+      { artifact: src, 'release-id': 'D', strategy: 'rolling', 'batch-size': '1' },
+      {},
+      (chunk, child) => {
+        if (!sent && /: switch done/.test(chunk)) {
+          sent = true;
+          child.kill('SIGINT');
+        }
+      },
+    );
+    assert.ok(sent, 'the run never switched a host');
+    assert.notEqual(run.code, 0, run.stdout);
+    assertNoDrops(load, run);
+    // Each host runs one whole release: what it ran before (rolled back) or D.
+    const now = await releasesNow();
+    assert.deepEqual(now, ['A', 'C', 'C'], run.stdout);
+    assert.match(run.stdout, /cancelled/);
+    const again = await underLoad(
+      { artifact: src, 'release-id': 'D', strategy: 'rolling', 'batch-size': '1' },
+      { GITHUB_RUN_ATTEMPT: '2' },
+    );
+    assert.equal(again.run.code, 0, again.run.stdout);
+    assertNoDrops(again.load, again.run);
+    assert.deepEqual(await releasesNow(), ['D', 'D', 'D']);
+  });
+});
