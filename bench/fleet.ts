@@ -38,7 +38,13 @@ async function runAction(env: NodeJS.ProcessEnv): Promise<{
   wallMs: number;
 }> {
   const started = performance.now();
-  const child = spawn(process.execPath, [ACTION], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  // BATON_BENCH_CPU_PROF=DIR writes a V8 CPU profile of the action there, to see where it goes.
+  const prof = process.env.BATON_BENCH_CPU_PROF;
+  const child = spawn(
+    process.execPath,
+    [...(prof ? ['--cpu-prof', `--cpu-prof-dir=${prof}`] : []), ACTION],
+    { env, stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   const marks = new Map<string, number>();
   let stdout = '';
   let stderr = '';
@@ -121,6 +127,8 @@ async function main(): Promise<void> {
         );
       const hosts = agents.slice(0, n).map((a) => `${sshd.target} agent-socket=${a.channelSocket}`);
       const dir = await tempDir('baton-bench-run-');
+      // The runner creates these before a step runs; @actions/core writes to them.
+      for (const f of ['out', 'summary']) await writeFile(path.join(dir.dir, f), '');
       const r = await runAction({
         PATH: process.env.PATH ?? '',
         HOME: process.env.HOME ?? dir.dir,

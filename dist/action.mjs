@@ -50578,10 +50578,11 @@ var init_ssh_target = __esm({
 var ssh_exports = {};
 __export(ssh_exports, {
   openSsh: () => openSsh,
-  parseSshTarget: () => parseSshTarget
+  parseSshTarget: () => parseSshTarget,
+  readPrivateKey: () => readPrivateKey
 });
 import { getCiphers } from "node:crypto";
-import { setTimeout as sleep2 } from "node:timers/promises";
+import { setTimeout as sleep3 } from "node:timers/promises";
 async function openSsh(opts) {
   const targets = [...(opts.jump ?? []).map(parseSshTarget), parseSshTarget(opts.target)];
   if (opts.privateKey === void 0 && opts.agent === void 0)
@@ -50596,7 +50597,7 @@ async function openSsh(opts) {
       if (!(err instanceof BatonError) || !retryable.has(err) || attempt >= retries) throw err;
       const delay = (opts.retryBaseMs ?? 500) * 2 ** attempt;
       opts.log?.(`ssh: ${err.message}; retry ${attempt + 1} of ${retries} in ${delay} ms`);
-      await sleep2(delay);
+      await sleep3(delay);
     }
   }
 }
@@ -52190,7 +52191,7 @@ init_errors();
 
 // src/deploy/fleet.ts
 init_errors();
-import { setTimeout as sleep } from "node:timers/promises";
+import { setTimeout as sleep2 } from "node:timers/promises";
 
 // src/deploy/batches.ts
 init_errors();
@@ -52233,6 +52234,7 @@ async function eachLimited(items, limit, fn) {
 // src/deploy/host-deploy.ts
 init_errors();
 import { open as open3 } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 
 // node_modules/zod/v4/classic/external.js
 var external_exports = {};
@@ -72574,7 +72576,9 @@ async function deployToHost(dialer, token, plan, reporter, opts = {}) {
       reporter.note(
         `${errorMessage(err)}; reconnecting in ${(backoff / 1e3).toFixed(1)} s (${attempt + 1} of ${reconnects})`
       );
-      await new Promise((resolve) => setTimeout(resolve, backoff));
+      await sleep(backoff, void 0, opts.signal && { signal: opts.signal }).catch(() => {
+        throw aborted2();
+      });
       backoff = Math.min(backoff * 2, 1e4);
     } finally {
       opts.signal?.removeEventListener("abort", stop);
@@ -72895,6 +72899,7 @@ async function runFleet(hosts, opts, reporter) {
     return end(
       `${unreachable.map((p2) => p2.host).join(", ")} failed preflight; nothing was changed on any host`
     );
+  if (opts.signal?.aborted) return end(`${abortReason(opts.signal)} before any change`);
   let target;
   try {
     target = opts.task.kind === "deploy" ? opts.task.signed.manifest.releaseId : opts.task.kind === "redeploy" ? opts.task.release : rollbackTarget(facts, opts.task.release);
@@ -72935,7 +72940,7 @@ async function runFleet(hosts, opts, reporter) {
     );
     return end(void 0, { target });
   }
-  if (todo.length > 0 && opts.beforeChange) {
+  if (todo.length > 0 && opts.beforeChange && !opts.signal?.aborted) {
     const gitSha = opts.task.kind === "deploy" ? opts.task.signed.manifest.git?.sha : [...facts.values()].flatMap((f2) => f2.releases).find((r) => r.id === target)?.gitSha;
     await opts.beforeChange(target, gitSha);
   }
@@ -72957,7 +72962,7 @@ async function runFleet(hosts, opts, reporter) {
       return step(h, plan, "stage", true);
     });
     if (opts.signal?.aborted)
-      return end("cancelled while staging; no host was switched", { target });
+      return end(`${abortReason(opts.signal)} while staging; no host was switched`, { target });
     if (staged.includes(false)) {
       const failed = todo.filter((_2, i) => !staged[i]).map((h) => h.label);
       return end(`${failed.join(", ")} could not stage ${target}; no host was switched`, {
@@ -72983,6 +72988,7 @@ async function runFleet(hosts, opts, reporter) {
         `batch ${i + 1} of ${batches.length}: ${batch.map((h) => h.label).join(", ")} (${switched.length} of ${todo.length} switched so far)`
       );
     await eachLimited(batch, opts.maxParallel, async (h) => {
+      if (opts.signal?.aborted) return;
       const plan = opts.task.kind === "rollback" ? {
         kind: "rollback",
         deployId: opts.deployId("rollback", h.label),
@@ -73008,15 +73014,15 @@ async function runFleet(hosts, opts, reporter) {
   const rollBack = opts.onFailure === "rollback" && (failedHosts.length > 0 || opts.signal?.aborted === true);
   if (rollBack) {
     const why = opts.signal?.aborted ? "the deploy was cancelled" : `${failedHosts.join(", ")} failed`;
-    const back = [...reports.values()].filter(
+    const back2 = [...reports.values()].filter(
       (r) => r.before !== void 0 && (r.result === "switched" || r.result === "failed" && r.after !== r.before)
     );
-    if (back.length > 0)
-      reporter.fleet(`rolling back ${back.map((r) => r.host).join(", ")} because ${why}`);
-    await eachLimited(back, opts.maxParallel, async (r) => {
+    if (back2.length > 0)
+      reporter.fleet(`rolling back ${back2.map((r) => r.host).join(", ")} because ${why}`);
+    await eachLimited(back2, opts.maxParallel, async (r) => {
       const plan = {
         kind: "rollback",
-        deployId: opts.deployId("rollback", r.host),
+        deployId: opts.deployId("undo", r.host),
         app: opts.app,
         to: r.before,
         origin: opts.origin
@@ -73029,7 +73035,9 @@ async function runFleet(hosts, opts, reporter) {
     });
   }
   const failedNow = [...reports.values()].filter((r) => r.result === "failed").map((r) => r.host);
-  const reason = stopped === "cancelled" ? `cancelled${rollBack ? "; the hosts switched by this run were rolled back" : ""}` : failedNow.length > 0 ? `${failedNow.join(", ")} failed${rollBack ? "; the hosts switched by this run were rolled back" : opts.onFailure === "stop" ? "; no further host was switched" : ""}` : void 0;
+  const noWayBack = [...reports.values()].filter((r) => rollBack && r.before === void 0 && r.after !== void 0).map((r) => r.host);
+  const back = rollBack ? `; the hosts switched by this run were rolled back${noWayBack.length ? ` (except ${noWayBack.join(", ")}, which ran no release before and stay on ${target})` : ""}` : "";
+  const reason = stopped === "cancelled" ? `${abortReason(opts.signal)}${back}` : failedNow.length > 0 ? `${failedNow.join(", ")} failed${rollBack ? back : opts.onFailure === "stop" ? "; no further host was switched" : ""}` : void 0;
   return end(reason, { target });
   async function step(h, plan, name, cancellable) {
     const r = reports.get(h.label);
@@ -73043,7 +73051,8 @@ async function runFleet(hosts, opts, reporter) {
           plan,
           {
             event: (e) => {
-              if (e.type === "phase") phase2 = e.phase;
+              if (e.type === "phase" && e.phase !== "failed" && e.phase !== "crashed")
+                phase2 = e.phase;
               reporter.event(h.label, e);
             },
             sent: (bytes, total) => reporter.sent(h.label, bytes, total),
@@ -73075,10 +73084,20 @@ async function runFleet(hosts, opts, reporter) {
       reporter.stepDone(h.label, name, { outcome, failure: r.failure });
       return false;
     } catch (err) {
+      if (name === "stage" && errorCode(err) === "DEPLOY_ABORTED") return false;
       r.result = "failed";
       r.failure = failure2(name, err, phase2);
+      if (name !== "stage") r.after = await runsNow(h);
       reporter.stepDone(h.label, name, { failure: r.failure });
       return false;
+    }
+  }
+  async function runsNow(h) {
+    try {
+      return (await preflightHost(h.dialer, opts.token, opts.app, 1)).current;
+    } catch (err) {
+      reporter.note(h.label, `cannot tell what it runs now: ${errorMessage(err)}`);
+      return void 0;
     }
   }
   async function whileBusy(host, attempt) {
@@ -73103,7 +73122,9 @@ async function runFleet(hosts, opts, reporter) {
       if (busy !== said)
         reporter.note(host, `${busy}; waiting up to ${Math.ceil(left / 1e3)} s more`);
       said = busy;
-      await sleep(Math.min(2e3, left), void 0, { ref: false });
+      await sleep2(Math.min(2e3, left), void 0, opts.signal && { signal: opts.signal }).catch(
+        () => void 0
+      );
     }
   }
 }
@@ -73113,6 +73134,10 @@ function dryRunPlan(task, f2, target) {
   const held = f2.releases.some((r) => r.digest === task.signed.manifest.archive.sha256);
   const bytes = held ? 0 : task.signed.manifest.archive.size;
   return `send ${bytes} bytes${held ? " (it holds this artifact)" : ""}, then switch from ${from} to ${target}`;
+}
+function abortReason(signal) {
+  const reason = signal?.reason;
+  return reason instanceof Error && reason.name === "TimeoutError" ? "stopped at the timeout" : "cancelled";
 }
 
 // src/deploy/origin.ts
@@ -81032,7 +81057,7 @@ function getOctokit(token, options, ...additionalPlugins) {
 
 // src/action/deployments.ts
 init_errors();
-async function startDeployment(token, req, env, warn) {
+async function startDeployment(token, req, env, warn, signal) {
   const [owner, repo] = (env.GITHUB_REPOSITORY ?? "").split("/");
   const skip = (why) => {
     warn(`no GitHub Deployment recorded: ${why}; the deploy goes on`);
@@ -81053,7 +81078,10 @@ async function startDeployment(token, req, env, warn) {
       payload: { release: req.release, kind: req.kind },
       auto_merge: false,
       // The workflow already decided to deploy: GitHub's commit checks are not asked again.
-      required_contexts: []
+      required_contexts: [],
+      request: {
+        signal: signal ? AbortSignal.any([signal, AbortSignal.timeout(3e4)]) : AbortSignal.timeout(3e4)
+      }
     });
     if (!("id" in created.data)) return skip(`GitHub answered: ${created.data.message ?? "no id"}`);
     id = created.data.id;
@@ -81072,7 +81100,9 @@ async function startDeployment(token, req, env, warn) {
         description: description.slice(0, 140),
         ...logUrl && { log_url: logUrl },
         ...req.environmentUrl && { environment_url: req.environmentUrl },
-        auto_inactive: true
+        auto_inactive: true,
+        // The final status is sent even after a cancellation: bounded by its own clock.
+        request: { signal: AbortSignal.timeout(3e4) }
       });
     } catch (err) {
       warn(`GitHub Deployment ${id}: status ${state} not recorded: ${errorMessage(err)}`);
@@ -81086,6 +81116,7 @@ async function startDeployment(token, req, env, warn) {
 init_errors();
 import { existsSync as existsSync4, statSync } from "node:fs";
 init_known_hosts();
+init_ssh();
 init_ssh_target();
 
 // src/action/hosts-input.ts
@@ -81162,11 +81193,11 @@ function parseHost(item, username) {
 function bad2(name, what) {
   return new BatonError("USAGE", `input ${name}: ${what}`);
 }
-function seconds(src, name, min) {
+function seconds(src, name, min, max) {
   const text = src.get(name);
   const n = Number(text);
-  if (text === "" || !Number.isFinite(n) || n < min)
-    throw bad2(name, `"${text}" is not a number of seconds${min > 0 ? " above 0" : " (0 or more)"}`);
+  if (text === "" || !Number.isFinite(n) || n < min || n > max)
+    throw bad2(name, `"${text}" is not a number of seconds from ${min} to ${max}`);
   return Math.round(n * 1e3);
 }
 function oneOf(src, name, allowed) {
@@ -81204,11 +81235,11 @@ function readInputs(src) {
   const hosts = parseHosts(hostsText, optional2(src, "username"));
   if (privateKey === void 0)
     throw bad2("ssh-key", "required: the private SSH key that logs in to the hosts (a secret)");
-  if (!/-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/.test(privateKey) && !/^PuTTY-User-Key-File/.test(privateKey))
-    throw bad2(
-      "ssh-key",
-      "is not a private key (expected the text of one, beginning -----BEGIN \u2026PRIVATE KEY-----)"
-    );
+  try {
+    readPrivateKey(privateKey, passphrase);
+  } catch (err) {
+    throw bad2(passphrase === void 0 ? "ssh-key" : "ssh-key-passphrase", errorMessage(err));
+  }
   if (token === void 0)
     throw bad2(
       "agent-token",
@@ -81292,7 +81323,7 @@ function readInputs(src) {
       ...knownHosts !== void 0 && { knownHosts },
       ...fingerprint2 !== void 0 && { fingerprint: fingerprint2 },
       jump,
-      connectTimeoutMs: seconds(src, "connect-timeout", 1)
+      connectTimeoutMs: seconds(src, "connect-timeout", 1, 3600)
     },
     agent,
     agentToken,
@@ -81303,8 +81334,8 @@ function readInputs(src) {
     batchSize,
     maxParallel,
     onFailure: oneOf(src, "on-failure", ["rollback", "stop", "continue"]),
-    busyTimeoutMs: seconds(src, "busy-timeout", 0),
-    timeoutMs: seconds(src, "timeout", 1),
+    busyTimeoutMs: seconds(src, "busy-timeout", 0, 2e6),
+    timeoutMs: seconds(src, "timeout", 1, 2e6),
     dryRun: boolOf(src, "dry-run"),
     github: {
       ...githubToken !== void 0 && { token: githubToken },
@@ -81368,7 +81399,12 @@ function readTask(src) {
 // src/action/job-log.ts
 var MAX_DETAIL_LINES = 2e3;
 var ANNOTATION_LINES = 20;
-var mib = (bytes) => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+function bytesText(bytes) {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  if (bytes < 1024 ** 3) return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
+}
 var secondsText = (ms3) => `${(ms3 / 1e3).toFixed(1)} s`;
 function jobLog(io2) {
   const detail = /* @__PURE__ */ new Map();
@@ -81385,7 +81421,9 @@ function jobLog(io2) {
         const pct = event.total > 0 ? Math.floor(event.bytes / event.total * 10) * 10 : 100;
         if (pct > (shownPercent.get(host) ?? -1)) {
           shownPercent.set(host, pct);
-          io2.info(`[${host}] upload ${pct}% (${mib(event.bytes)} of ${mib(event.total)})`);
+          io2.info(
+            `[${host}] upload ${pct}% (${bytesText(event.bytes)} of ${bytesText(event.total)})`
+          );
         }
         return;
       }
@@ -81401,6 +81439,7 @@ function jobLog(io2) {
       io2.info(`[${host}] ${line}`);
     },
     fleet(line) {
+      detail.clear();
       io2.info(`\u2500\u2500 ${line}`);
     },
     stepDone(host, step, { outcome, failure: failure3 }) {
@@ -81427,7 +81466,7 @@ function phaseLines(outcome) {
   ];
 }
 function annotate(io2, host, f2) {
-  const at2 = f2.phase ? ` at ${f2.phase}` : "";
+  const at2 = f2.phase ? ` after ${f2.phase}` : "";
   const last = f2.lines.slice(-ANNOTATION_LINES);
   io2.error(
     `${host}: ${f2.step} failed${at2}: ${f2.code}: ${f2.message}${last.length ? `
@@ -81469,16 +81508,16 @@ function renderSummary(app2, report) {
     "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"
   );
   for (const r of report.hosts) {
-    const why = r.failure ? `${r.failure.step}${r.failure.phase ? ` at ${r.failure.phase}` : ""}: ${r.failure.code}: ${r.failure.message}` : r.plan ?? (r.rolledBack ? `rolled back: ${r.rolledBack}` : "");
+    const why = r.failure ? `${r.failure.step}${r.failure.phase ? ` after ${r.failure.phase}` : ""}: ${r.failure.code}: ${r.failure.message}` : r.plan ?? (r.rolledBack ? `rolled back: ${r.rolledBack}` : "");
     out.push(
-      `| ${cell(r.host)} | ${cell(r.before ?? "\u2013")} \u2192 ${cell(r.after ?? "\u2013")} | ${RESULT[r.result]} | ${mib(r.bytesSent)} | ${ms2(phase(r, "received"))} | ${ms2(phase(r, "verified"))} | ${ms2(phase(r, "unpacked"))} | ${ms2(phase(r, "hook-finished"))} | ${ms2(phase(r, "generation-started", "ready"))} | ${ms2(phase(r, "draining", "drained"))} | ${cell(why.slice(0, 300))} |`
+      `| ${cell(r.host)} | ${cell(r.before ?? "\u2013")} \u2192 ${cell(r.after ?? "\u2013")} | ${RESULT[r.result]} | ${bytesText(r.bytesSent)} | ${ms2(phase(r, "received"))} | ${ms2(phase(r, "verified"))} | ${ms2(phase(r, "unpacked"))} | ${ms2(phase(r, "hook-finished"))} | ${ms2(phase(r, "generation-started", "ready"))} | ${ms2(phase(r, "draining", "drained"))} | ${cell(why.slice(0, 300))} |`
     );
   }
   const count = (result) => report.hosts.filter((r) => r.result === result).length;
   const sent = report.hosts.reduce((n, r) => n + r.bytesSent, 0);
   out.push(
     "",
-    `**Fleet:** ${report.hosts.length} hosts: ${count("switched")} switched, ${count("unchanged")} already on it, ${count("failed")} failed, ${count("rolled-back")} rolled back, ${count("not-switched")} not switched; ${mib(sent)} sent; ${secondsText(report.durationMs)}.${report.now ? ` Every host runs \`${report.now}\`.` : ""}`
+    `**Fleet:** ${report.hosts.length} hosts: ${count("switched")} switched, ${count("unchanged")} already on it, ${count("failed")} failed, ${count("rolled-back")} rolled back, ${count("not-switched")} not switched; ${bytesText(sent)} sent; ${secondsText(report.durationMs)}.${report.now ? ` Every host runs \`${report.now}\`.` : ""}`
   );
   const back = report.hosts.filter((r) => r.rolledBack);
   if (back.length > 0)
@@ -81517,7 +81556,7 @@ function outputs(io2, report) {
   const hosts = (...results) => report.hosts.filter((r) => results.includes(r.result)).map((r) => r.host).join(",");
   io2.setOutput("release", report.now ?? "");
   io2.setOutput("previous-release", report.previous ?? "");
-  io2.setOutput("hosts-succeeded", report.ok ? hosts("switched", "unchanged") : hosts("switched"));
+  io2.setOutput("hosts-succeeded", report.dryRun ? "" : hosts("switched", "unchanged"));
   io2.setOutput("hosts-failed", hosts("failed"));
   io2.setOutput("duration", (report.durationMs / 1e3).toFixed(1));
   io2.setOutput(
@@ -81571,9 +81610,21 @@ async function run(io2, env, signal) {
         // The signing key comes from the input, never from a file on the runner.
         { ...env, BATON_SIGNING_KEY: inputs.signingKey ?? "" },
         (packed) => io2.info(
-          `packed ${inputs.task.kind === "deploy" ? inputs.task.artifact : ""} as ${packed.manifest.releaseId}: ${packed.entries} entries, ${mib(packed.size)}, ${packed.signed ? "signed" : "UNSIGNED (no signing-key)"}`
+          `packed ${inputs.task.kind === "deploy" ? inputs.task.artifact : ""} as ${packed.manifest.releaseId}: ${packed.entries} entries, ${bytesText(packed.size)}, ${packed.signed ? "signed" : "UNSIGNED (no signing-key)"}`
         )
       );
+      const packedFor = artifact.signed.manifest.app;
+      if (packedFor !== inputs.app)
+        throw new BatonError(
+          "USAGE",
+          `input artifact: ${inputs.task.artifact} was packed for app ${packedFor}, not ${inputs.app}: pack it with --app ${inputs.app}, or set app`
+        );
+      const named = inputs.task.releaseId;
+      if (named !== void 0 && named !== artifact.signed.manifest.releaseId)
+        throw new BatonError(
+          "USAGE",
+          `input release-id: ${inputs.task.artifact} is release ${artifact.signed.manifest.releaseId} (its signed manifest says so); leave release-id empty for a packed archive`
+        );
       task = { kind: "deploy", archive: artifact.archive, signed: artifact.signed };
     } else {
       task = inputs.task;
@@ -81607,7 +81658,8 @@ async function run(io2, env, signal) {
               kind: inputs.task.kind
             },
             env,
-            (line) => io2.warning(line)
+            (line) => io2.warning(line),
+            aborted2
           );
         }
       },
@@ -81619,7 +81671,9 @@ async function run(io2, env, signal) {
       report.ok,
       report.ok ? `${report.target} serves` : report.reason ?? "failed"
     );
-    const where = report.hosts.map((r) => `${r.host}: ${r.after ?? "no release"}`).join(", ");
+    const where = report.hosts.map(
+      (r) => `${r.host}: ${r.after ?? (r.failure && r.failure.step !== "stage" ? "unknown" : "no release")}`
+    ).join(", ");
     if (report.ok)
       io2.info(
         report.dryRun ? `dry run done: nothing changed (${where})` : `done: ${report.now ? `every host runs ${report.now}` : where}`

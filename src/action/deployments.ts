@@ -26,6 +26,8 @@ export async function startDeployment(
   req: DeploymentRequest,
   env: NodeJS.ProcessEnv,
   warn: (line: string) => void,
+  /** Stops a call GitHub does not answer (cancellation, the step's timeout). */
+  signal?: AbortSignal,
 ): Promise<DeploymentRecord | undefined> {
   const [owner, repo] = (env.GITHUB_REPOSITORY ?? '').split('/');
   const skip = (why: string) => {
@@ -51,6 +53,11 @@ export async function startDeployment(
       auto_merge: false,
       // The workflow already decided to deploy: GitHub's commit checks are not asked again.
       required_contexts: [],
+      request: {
+        signal: signal
+          ? AbortSignal.any([signal, AbortSignal.timeout(30_000)])
+          : AbortSignal.timeout(30_000),
+      },
     });
     if (!('id' in created.data)) return skip(`GitHub answered: ${created.data.message ?? 'no id'}`);
     id = created.data.id;
@@ -70,6 +77,8 @@ export async function startDeployment(
         ...(logUrl && { log_url: logUrl }),
         ...(req.environmentUrl && { environment_url: req.environmentUrl }),
         auto_inactive: true,
+        // The final status is sent even after a cancellation: bounded by its own clock.
+        request: { signal: AbortSignal.timeout(30_000) },
       });
     } catch (err) {
       warn(`GitHub Deployment ${id}: status ${state} not recorded: ${errorMessage(err)}`);

@@ -3,6 +3,7 @@ import { BatonError, errorMessage } from '../errors.js';
 import { ReleaseIdSchema } from '../protocol/manifest.js';
 import { checkToken } from '../transport/auth.js';
 import { normalizeFingerprint } from '../transport/known-hosts.js';
+import { readPrivateKey } from '../transport/ssh.js';
 import { parseSshTarget } from '../transport/ssh-target.js';
 import { parseBatchSize, type BatchSize } from '../deploy/batches.js';
 import type { OnFailure } from '../deploy/fleet.js';
@@ -66,11 +67,12 @@ function bad(name: string, what: string): BatonError {
   return new BatonError('USAGE', `input ${name}: ${what}`);
 }
 
-function seconds(src: InputSource, name: string, min: number): number {
+/** Seconds as milliseconds, from `min` up to `max` (timers hold at most about 24 days). */
+function seconds(src: InputSource, name: string, min: number, max: number): number {
   const text = src.get(name);
   const n = Number(text);
-  if (text === '' || !Number.isFinite(n) || n < min)
-    throw bad(name, `"${text}" is not a number of seconds${min > 0 ? ' above 0' : ' (0 or more)'}`);
+  if (text === '' || !Number.isFinite(n) || n < min || n > max)
+    throw bad(name, `"${text}" is not a number of seconds from ${min} to ${max}`);
   return Math.round(n * 1000);
 }
 
@@ -120,14 +122,11 @@ export function readInputs(src: InputSource): ActionInputs {
   const hosts = parseHosts(hostsText, optional(src, 'username'));
   if (privateKey === undefined)
     throw bad('ssh-key', 'required: the private SSH key that logs in to the hosts (a secret)');
-  if (
-    !/-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----/.test(privateKey) &&
-    !/^PuTTY-User-Key-File/.test(privateKey)
-  )
-    throw bad(
-      'ssh-key',
-      'is not a private key (expected the text of one, beginning -----BEGIN …PRIVATE KEY-----)',
-    );
+  try {
+    readPrivateKey(privateKey, passphrase);
+  } catch (err) {
+    throw bad(passphrase === undefined ? 'ssh-key' : 'ssh-key-passphrase', errorMessage(err));
+  }
   if (token === undefined)
     throw bad(
       'agent-token',
@@ -223,7 +222,7 @@ export function readInputs(src: InputSource): ActionInputs {
       ...(knownHosts !== undefined && { knownHosts }),
       ...(fingerprint !== undefined && { fingerprint }),
       jump,
-      connectTimeoutMs: seconds(src, 'connect-timeout', 1),
+      connectTimeoutMs: seconds(src, 'connect-timeout', 1, 3600),
     },
     agent,
     agentToken,
@@ -234,8 +233,8 @@ export function readInputs(src: InputSource): ActionInputs {
     batchSize,
     maxParallel,
     onFailure: oneOf(src, 'on-failure', ['rollback', 'stop', 'continue'] as const),
-    busyTimeoutMs: seconds(src, 'busy-timeout', 0),
-    timeoutMs: seconds(src, 'timeout', 1),
+    busyTimeoutMs: seconds(src, 'busy-timeout', 0, 2_000_000),
+    timeoutMs: seconds(src, 'timeout', 1, 2_000_000),
     dryRun: boolOf(src, 'dry-run'),
     github: {
       ...(githubToken !== undefined && { token: githubToken }),

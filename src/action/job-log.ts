@@ -9,7 +9,13 @@ const MAX_DETAIL_LINES = 2000;
 /** Last lines of a failing hook or generation shown in its annotation. */
 const ANNOTATION_LINES = 20;
 
-export const mib = (bytes: number): string => `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+/** Bytes as people read them: 259 B, 14.2 KiB, 5.0 MiB, 1.04 GiB. */
+export function bytesText(bytes: number): string {
+  if (bytes < 1024) return `${bytes} B`;
+  if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KiB`;
+  if (bytes < 1024 ** 3) return `${(bytes / 1024 / 1024).toFixed(1)} MiB`;
+  return `${(bytes / 1024 ** 3).toFixed(2)} GiB`;
+}
 export const secondsText = (ms: number): string => `${(ms / 1000).toFixed(1)} s`;
 
 /**
@@ -33,7 +39,9 @@ export function jobLog(io: ActionIO): FleetReporter {
         const pct = event.total > 0 ? Math.floor((event.bytes / event.total) * 10) * 10 : 100;
         if (pct > (shownPercent.get(host) ?? -1)) {
           shownPercent.set(host, pct);
-          io.info(`[${host}] upload ${pct}% (${mib(event.bytes)} of ${mib(event.total)})`);
+          io.info(
+            `[${host}] upload ${pct}% (${bytesText(event.bytes)} of ${bytesText(event.total)})`,
+          );
         }
         return;
       }
@@ -51,6 +59,8 @@ export function jobLog(io: ActionIO): FleetReporter {
       io.info(`[${host}] ${line}`);
     },
     fleet(line: string) {
+      // A new pass of the fleet: what hosts said in the last one was shown already.
+      detail.clear();
       io.info(`── ${line}`);
     },
     stepDone(host, step, { outcome, failure }) {
@@ -81,7 +91,7 @@ function phaseLines(outcome: DeployOutcome): string[] {
 }
 
 function annotate(io: ActionIO, host: string, f: HostFailure): void {
-  const at = f.phase ? ` at ${f.phase}` : '';
+  const at = f.phase ? ` after ${f.phase}` : '';
   const last = f.lines.slice(-ANNOTATION_LINES);
   io.error(
     `${host}: ${f.step} failed${at}: ${f.code}: ${f.message}${last.length ? `\nlast lines:\n${last.join('\n')}` : ''}`,

@@ -1,4 +1,4 @@
-import { errorMessage } from '../errors.js';
+import { BatonError, errorMessage } from '../errors.js';
 import { runFleet, type FleetHost, type FleetReport, type FleetTask } from '../deploy/fleet.js';
 import { deployIdFor, originFromEnv } from '../deploy/origin.js';
 import { prepareArtifact, type PreparedArtifact } from '../deploy/prepare-artifact.js';
@@ -6,7 +6,7 @@ import { sshDialer } from '../transport/dialer.js';
 import type { ActionIO } from './action-io.js';
 import { startDeployment, type DeploymentRecord } from './deployments.js';
 import { readInputs, type ActionInputs } from './inputs.js';
-import { jobLog, mib } from './job-log.js';
+import { bytesText, jobLog } from './job-log.js';
 import { renderSummary } from './summary.js';
 
 /** One dialer per host: SSH with the inputs' key and host-key checks, to that host's agent. */
@@ -45,7 +45,8 @@ function outputs(io: ActionIO, report: FleetReport): void {
       .join(',');
   io.setOutput('release', report.now ?? '');
   io.setOutput('previous-release', report.previous ?? '');
-  io.setOutput('hosts-succeeded', report.ok ? hosts('switched', 'unchanged') : hosts('switched'));
+  // The hosts that run the target now: switched by this run, or on it already.
+  io.setOutput('hosts-succeeded', report.dryRun ? '' : hosts('switched', 'unchanged'));
   io.setOutput('hosts-failed', hosts('failed'));
   io.setOutput('duration', (report.durationMs / 1000).toFixed(1));
   io.setOutput(
@@ -114,9 +115,21 @@ export async function run(
         { ...env, BATON_SIGNING_KEY: inputs.signingKey ?? '' },
         (packed) =>
           io.info(
-            `packed ${inputs.task.kind === 'deploy' ? inputs.task.artifact : ''} as ${packed.manifest.releaseId}: ${packed.entries} entries, ${mib(packed.size)}, ${packed.signed ? 'signed' : 'UNSIGNED (no signing-key)'}`,
+            `packed ${inputs.task.kind === 'deploy' ? inputs.task.artifact : ''} as ${packed.manifest.releaseId}: ${packed.entries} entries, ${bytesText(packed.size)}, ${packed.signed ? 'signed' : 'UNSIGNED (no signing-key)'}`,
           ),
       );
+      const packedFor = artifact.signed.manifest.app;
+      if (packedFor !== inputs.app)
+        throw new BatonError(
+          'USAGE',
+          `input artifact: ${inputs.task.artifact} was packed for app ${packedFor}, not ${inputs.app}: pack it with --app ${inputs.app}, or set app`,
+        );
+      const named = inputs.task.releaseId;
+      if (named !== undefined && named !== artifact.signed.manifest.releaseId)
+        throw new BatonError(
+          'USAGE',
+          `input release-id: ${inputs.task.artifact} is release ${artifact.signed.manifest.releaseId} (its signed manifest says so); leave release-id empty for a packed archive`,
+        );
       task = { kind: 'deploy', archive: artifact.archive, signed: artifact.signed };
     } else {
       task = inputs.task;
@@ -151,6 +164,7 @@ export async function run(
             },
             env,
             (line) => io.warning(line),
+            aborted,
           );
         },
       },
@@ -162,7 +176,12 @@ export async function run(
       report.ok,
       report.ok ? `${report.target} serves` : (report.reason ?? 'failed'),
     );
-    const where = report.hosts.map((r) => `${r.host}: ${r.after ?? 'no release'}`).join(', ');
+    const where = report.hosts
+      .map(
+        (r) =>
+          `${r.host}: ${r.after ?? (r.failure && r.failure.step !== 'stage' ? 'unknown' : 'no release')}`,
+      )
+      .join(', ');
     if (report.ok)
       io.info(
         report.dryRun

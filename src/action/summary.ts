@@ -1,5 +1,5 @@
 import type { FleetReport, HostReport } from '../deploy/fleet.js';
-import { mib, secondsText } from './job-log.js';
+import { bytesText, secondsText } from './job-log.js';
 
 /** A table cell: no pipe or newline may break the row. */
 const cell = (text: string): string => text.replace(/\|/g, '\\|').replace(/\r?\n/g, ' ');
@@ -47,10 +47,10 @@ export function renderSummary(app: string, report: FleetReport): string {
   );
   for (const r of report.hosts) {
     const why = r.failure
-      ? `${r.failure.step}${r.failure.phase ? ` at ${r.failure.phase}` : ''}: ${r.failure.code}: ${r.failure.message}`
+      ? `${r.failure.step}${r.failure.phase ? ` after ${r.failure.phase}` : ''}: ${r.failure.code}: ${r.failure.message}`
       : (r.plan ?? (r.rolledBack ? `rolled back: ${r.rolledBack}` : ''));
     out.push(
-      `| ${cell(r.host)} | ${cell(r.before ?? '–')} → ${cell(r.after ?? '–')} | ${RESULT[r.result]} | ${mib(r.bytesSent)} | ${ms(phase(r, 'received'))} | ${ms(phase(r, 'verified'))} | ${ms(phase(r, 'unpacked'))} | ${ms(phase(r, 'hook-finished'))} | ${ms(phase(r, 'generation-started', 'ready'))} | ${ms(phase(r, 'draining', 'drained'))} | ${cell(why.slice(0, 300))} |`,
+      `| ${cell(r.host)} | ${cell(r.before ?? '–')} → ${cell(r.after ?? '–')} | ${RESULT[r.result]} | ${bytesText(r.bytesSent)} | ${ms(phase(r, 'received'))} | ${ms(phase(r, 'verified'))} | ${ms(phase(r, 'unpacked'))} | ${ms(phase(r, 'hook-finished'))} | ${ms(phase(r, 'generation-started', 'ready'))} | ${ms(phase(r, 'draining', 'drained'))} | ${cell(why.slice(0, 300))} |`,
     );
   }
   const count = (result: HostReport['result']) =>
@@ -58,7 +58,7 @@ export function renderSummary(app: string, report: FleetReport): string {
   const sent = report.hosts.reduce((n, r) => n + r.bytesSent, 0);
   out.push(
     '',
-    `**Fleet:** ${report.hosts.length} hosts: ${count('switched')} switched, ${count('unchanged')} already on it, ${count('failed')} failed, ${count('rolled-back')} rolled back, ${count('not-switched')} not switched; ${mib(sent)} sent; ${secondsText(report.durationMs)}.${report.now ? ` Every host runs \`${report.now}\`.` : ''}`,
+    `**Fleet:** ${report.hosts.length} hosts: ${count('switched')} switched, ${count('unchanged')} already on it, ${count('failed')} failed, ${count('rolled-back')} rolled back, ${count('not-switched')} not switched; ${bytesText(sent)} sent; ${secondsText(report.durationMs)}.${report.now ? ` Every host runs \`${report.now}\`.` : ''}`,
   );
   const back = report.hosts.filter((r) => r.rolledBack);
   if (back.length > 0)

@@ -45,8 +45,11 @@ export interface FleetOptions {
   busyTimeoutMs: number;
   dryRun: boolean;
   origin: DeployOrigin;
-  /** The deploy id of one step on one host; the same run asks the same ids (a re-attach). */
-  deployId: (kind: HostPlan['kind'], host: string) => string;
+  /**
+   * The deploy id of one step on one host (`stage`, `switch`, `rollback`, or `undo`: the way
+   * back after a failure); the same run asks the same ids, so a reconnect re-attaches.
+   */
+  deployId: (step: 'stage' | 'switch' | 'rollback' | 'undo', host: string) => string;
   /** Aborted on cancellation or the step's timeout: see runFleet. */
   signal?: AbortSignal;
   connection?: HostDeployOptions;
@@ -185,6 +188,8 @@ export async function runFleet(
       `${unreachable.map((p) => p.host).join(', ')} failed preflight; nothing was changed on any host`,
     );
 
+  if (opts.signal?.aborted) return end(`${abortReason(opts.signal)} before any change`);
+
   // 2. The target, and which hosts need it.
   let target: string;
   try {
@@ -235,7 +240,7 @@ export async function runFleet(
     return end(undefined, { target });
   }
 
-  if (todo.length > 0 && opts.beforeChange) {
+  if (todo.length > 0 && opts.beforeChange && !opts.signal?.aborted) {
     const gitSha =
       opts.task.kind === 'deploy'
         ? opts.task.signed.manifest.git?.sha
@@ -262,7 +267,7 @@ export async function runFleet(
       return step(h, plan, 'stage', true);
     });
     if (opts.signal?.aborted)
-      return end('cancelled while staging; no host was switched', { target });
+      return end(`${abortReason(opts.signal)} while staging; no host was switched`, { target });
     if (staged.includes(false)) {
       const failed = todo.filter((_, i) => !staged[i]).map((h) => h.label);
       return end(`${failed.join(', ')} could not stage ${target}; no host was switched`, {
@@ -290,6 +295,8 @@ export async function runFleet(
         `batch ${i + 1} of ${batches.length}: ${batch.map((h) => h.label).join(', ')} (${switched.length} of ${todo.length} switched so far)`,
       );
     await eachLimited(batch, opts.maxParallel, async (h) => {
+      // Cancelled: the hosts of this batch not yet begun stay as they are.
+      if (opts.signal?.aborted) return;
       const plan: HostPlan =
         opts.task.kind === 'rollback'
           ? {
@@ -333,7 +340,7 @@ export async function runFleet(
     await eachLimited(back, opts.maxParallel, async (r) => {
       const plan: HostPlan = {
         kind: 'rollback',
-        deployId: opts.deployId('rollback', r.host),
+        deployId: opts.deployId('undo', r.host),
         app: opts.app,
         to: r.before!,
         origin: opts.origin,
@@ -347,11 +354,18 @@ export async function runFleet(
   }
 
   const failedNow = [...reports.values()].filter((r) => r.result === 'failed').map((r) => r.host);
+  // Hosts that ran nothing before this run have nothing to go back to: say so.
+  const noWayBack = [...reports.values()]
+    .filter((r) => rollBack && r.before === undefined && r.after !== undefined)
+    .map((r) => r.host);
+  const back = rollBack
+    ? `; the hosts switched by this run were rolled back${noWayBack.length ? ` (except ${noWayBack.join(', ')}, which ran no release before and stay on ${target})` : ''}`
+    : '';
   const reason =
     stopped === 'cancelled'
-      ? `cancelled${rollBack ? '; the hosts switched by this run were rolled back' : ''}`
+      ? `${abortReason(opts.signal)}${back}`
       : failedNow.length > 0
-        ? `${failedNow.join(', ')} failed${rollBack ? '; the hosts switched by this run were rolled back' : opts.onFailure === 'stop' ? '; no further host was switched' : ''}`
+        ? `${failedNow.join(', ')} failed${rollBack ? back : opts.onFailure === 'stop' ? '; no further host was switched' : ''}`
         : undefined;
   return end(reason, { target });
 
@@ -375,7 +389,9 @@ export async function runFleet(
           plan,
           {
             event: (e) => {
-              if (e.type === 'phase') phase = e.phase;
+              // The last step it reached: `failed` itself says nothing of where.
+              if (e.type === 'phase' && e.phase !== 'failed' && e.phase !== 'crashed')
+                phase = e.phase;
               reporter.event(h.label, e);
             },
             sent: (bytes, total) => reporter.sent(h.label, bytes, total),
@@ -409,10 +425,24 @@ export async function runFleet(
       reporter.stepDone(h.label, name, { outcome, failure: r.failure });
       return false;
     } catch (err) {
+      // Cut off by the cancellation while staging: nothing changed there.
+      if (name === 'stage' && errorCode(err) === 'DEPLOY_ABORTED') return false;
       r.result = 'failed';
       r.failure = failure(name, err, phase);
+      // The handover may have gone on without us: ask the host what it runs now.
+      if (name !== 'stage') r.after = await runsNow(h);
       reporter.stepDone(h.label, name, { failure: r.failure });
       return false;
+    }
+  }
+
+  /** What a host runs now, asked on a new connection; undefined when it cannot be asked. */
+  async function runsNow(h: FleetHost): Promise<string | undefined> {
+    try {
+      return (await preflightHost(h.dialer, opts.token, opts.app, 1)).current;
+    } catch (err) {
+      reporter.note(h.label, `cannot tell what it runs now: ${errorMessage(err)}`);
+      return undefined;
     }
   }
 
@@ -442,7 +472,9 @@ export async function runFleet(
       if (busy !== said)
         reporter.note(host, `${busy}; waiting up to ${Math.ceil(left / 1000)} s more`);
       said = busy;
-      await sleep(Math.min(2000, left), undefined, { ref: false });
+      await sleep(Math.min(2000, left), undefined, opts.signal && { signal: opts.signal }).catch(
+        () => undefined,
+      );
     }
   }
 }
@@ -453,4 +485,12 @@ function dryRunPlan(task: FleetTask, f: HostFacts, target: string): string {
   const held = f.releases.some((r) => r.digest === task.signed.manifest.archive.sha256);
   const bytes = held ? 0 : task.signed.manifest.archive.size;
   return `send ${bytes} bytes${held ? ' (it holds this artifact)' : ''}, then switch from ${from} to ${target}`;
+}
+
+/** How a run that was stopped says so: its timeout, or a cancellation. */
+function abortReason(signal: AbortSignal | undefined): string {
+  const reason: unknown = signal?.reason;
+  return reason instanceof Error && reason.name === 'TimeoutError'
+    ? 'stopped at the timeout'
+    : 'cancelled';
 }

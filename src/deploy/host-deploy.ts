@@ -1,4 +1,5 @@
 import { open } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 import type { SignedManifest } from '../protocol/manifest.js';
 import { BatonError, errorCode, errorMessage } from '../errors.js';
 import {
@@ -125,7 +126,9 @@ export async function deployToHost(
       reporter.note(
         `${errorMessage(err)}; reconnecting in ${(backoff / 1000).toFixed(1)} s (${attempt + 1} of ${reconnects})`,
       );
-      await new Promise((resolve) => setTimeout(resolve, backoff));
+      await sleep(backoff, undefined, opts.signal && { signal: opts.signal }).catch(() => {
+        throw aborted();
+      });
       backoff = Math.min(backoff * 2, 10_000);
     } finally {
       opts.signal?.removeEventListener('abort', stop);

@@ -21,7 +21,8 @@ export function originFromEnv(env: NodeJS.ProcessEnv): DeployOrigin {
  */
 export function deployIdFor(
   given: string | undefined,
-  kind: HostPlan['kind'],
+  /** What the id is for: a plan's kind, or `undo` (the way back after a failed fleet deploy). */
+  kind: HostPlan['kind'] | 'undo',
   app: string,
   hostLabel: string,
   env: NodeJS.ProcessEnv,

@@ -30,7 +30,7 @@ export interface HostFailure {
   message: string;
   /** The last lines of the failing hook or generation, when the agent sent them. */
   lines: string[];
-  /** The phase the host had reached (e.g. `ready`), when known. */
+  /** The last phase the host reached before it failed (e.g. `generation-started`), when known. */
   phase?: string;
 }
 

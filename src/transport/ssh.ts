@@ -281,7 +281,7 @@ function hostKeyRefusal(key: Buffer, target: SshTarget, opts: SshOptions, last: 
 }
 
 /** The private key, read and decrypted; refused before any connection when it cannot be. */
-function readPrivateKey(key: string | Buffer, passphrase: string | undefined): ParsedKey {
+export function readPrivateKey(key: string | Buffer, passphrase: string | undefined): ParsedKey {
   let parsed: unknown;
   try {
     parsed = utils.parseKey(key, passphrase);

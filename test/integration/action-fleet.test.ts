@@ -2,11 +2,12 @@ import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
-import { batonSync } from '../../support/baton-cli.js';
+import { batonAsync, batonSync } from '../../support/baton-cli.js';
 import { startChannelAgent, type ChannelAgent } from '../../support/channel-agent.js';
 import { failures, startLoad, type LoadResult } from '../../support/load-client.js';
 import { startSshd, type TestSshd } from '../../support/sshd.js';
 import { tempDir } from '../../support/temp-dir.js';
+import { gatedHook } from '../support/gates.js';
 import { runAction, startFakeGitHub, type ActionRun } from '../support/run-action.js';
 
 /**
@@ -274,33 +275,93 @@ describe('the action deploys a fleet of three hosts through OpenSSH', () => {
     assert.match(run.stdout, /runs C, ran A before/);
   });
 
-  it('SIGINT in the middle of a rolling deploy leaves no host between versions, and a re-run finishes', async () => {
-    // A slow hook gives the cancellation time to land between two hosts.
+  it('SIGINT in the middle of a deploy: no further host is switched, none is left between versions, a re-run finishes', async () => {
+    // One host at a time, each with a slow hook: the cancellation lands while hosts still wait.
     const src = await hosts[0]!.source('D', { hook: 'sleep 1' });
+    const inputs = { artifact: src, 'release-id': 'D', 'max-parallel': '1' };
     let sent = false;
-    const { run, load } = await underLoad(
-      { artifact: src, 'release-id': 'D', strategy: 'rolling', 'batch-size': '1' },
-      {},
-      (chunk, child) => {
-        if (!sent && /: switch done/.test(chunk)) {
-          sent = true;
-          child.kill('SIGINT');
-        }
-      },
-    );
+    const { run, load } = await underLoad(inputs, {}, (chunk, child) => {
+      if (!sent && /: switch done/.test(chunk)) {
+        sent = true;
+        child.kill('SIGINT');
+      }
+    });
     assert.ok(sent, 'the run never switched a host');
     assert.notEqual(run.code, 0, run.stdout);
     assertNoDrops(load, run);
-    // Each host runs one whole release: what it ran before (rolled back) or D.
-    const now = await releasesNow();
-    assert.deepEqual(now, ['A', 'C', 'C'], run.stdout);
+    // Each host runs one whole release: the one it ran before (the switched one rolled back).
+    assert.deepEqual(await releasesNow(), ['A', 'C', 'C'], run.stdout);
     assert.match(run.stdout, /cancelled/);
-    const again = await underLoad(
-      { artifact: src, 'release-id': 'D', strategy: 'rolling', 'batch-size': '1' },
-      { GITHUB_RUN_ATTEMPT: '2' },
-    );
+    const switched = run.stdout.match(/: switch done/g)?.length ?? 0;
+    assert.ok(switched < 3, `every host was switched after the cancellation:\n${run.stdout}`);
+    // A re-run of the same workflow run (its next attempt) finishes the job.
+    const again = await underLoad(inputs, { GITHUB_RUN_ID: run.runId, GITHUB_RUN_ATTEMPT: '2' });
     assert.equal(again.run.code, 0, again.run.stdout);
     assertNoDrops(again.load, again.run);
     assert.deepEqual(await releasesNow(), ['D', 'D', 'D']);
+  });
+
+  it('dry run: reaches every host, says what it would send and switch, changes nothing', async () => {
+    const src = await hosts[0]!.source('G');
+    const { run, load } = await underLoad({ artifact: src, 'release-id': 'G', 'dry-run': 'true' });
+    assert.equal(run.code, 0, run.stdout);
+    assertNoDrops(load, run);
+    assert.deepEqual(await releasesNow(), ['D', 'D', 'D']);
+    assert.equal(
+      run.stdout.match(/dry run: would send \d+ bytes, then switch from D to G/g)?.length,
+      3,
+    );
+    assert.match(run.summary, /dry run: nothing changed/);
+    const listed = await Promise.all(
+      hosts.map(
+        (h) =>
+          batonSync([
+            'releases',
+            '--app',
+            'web',
+            '--agent',
+            `unix:${h.channelSocket}`,
+            '--token-file',
+            h.tokenFile,
+          ]).stdout,
+      ),
+    );
+    for (const out of listed) assert.doesNotMatch(out, /\bG\b/, 'a dry run stored the release');
+  });
+
+  it('a host busy with another deploy is waited for, naming who holds it, then deployed', async () => {
+    // Another deploy holds host 1 at its hook until the action has said it waits.
+    const held = gatedHook(work.dir, 'busy-gate');
+    const other = batonAsync([
+      ...hosts[0]!.deployArgs(await hosts[0]!.source('E', { hook: held.hook }), 'E'),
+      '--agent',
+      `unix:${hosts[0]!.channelSocket}`,
+      '--token-file',
+      hosts[0]!.tokenFile,
+    ]);
+    try {
+      await other.waitLine((l) => l.includes('hook-started'), 'the other deploy at its hook');
+      const src = await hosts[1]!.source('F');
+      let opened = false;
+      const { run, load } = await underLoad(
+        { artifact: src, 'release-id': 'F', 'busy-timeout': '60' },
+        {},
+        (chunk) => {
+          if (!opened && /waiting up to \d+ s more/.test(chunk)) {
+            opened = true;
+            void held.open();
+          }
+        },
+      );
+      assert.ok(opened, `the action never said it waits:\n${run.stdout}`);
+      assert.equal(run.code, 0, run.stdout);
+      assertNoDrops(load, run);
+      assert.match(run.stdout, /busy: deploy \S+ by \S+ in progress for web/);
+      assert.equal((await other.done).code, 0);
+      assert.deepEqual(await releasesNow(), ['F', 'F', 'F']);
+    } finally {
+      await held.open();
+      await other.done;
+    }
   });
 });

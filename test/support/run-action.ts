@@ -72,6 +72,8 @@ export async function startFakeGitHub(
 }
 
 export interface ActionRun {
+  /** GITHUB_RUN_ID of this run: a re-run passes the same one with the next attempt. */
+  runId: string;
   code: number | null;
   stdout: string;
   stderr: string;
@@ -134,6 +136,7 @@ export function runAction(
     GITHUB_STATE: path.join(dir, 'state'),
     GITHUB_EVENT_PATH: path.join(dir, 'event.json'),
   };
+  const runId = env.GITHUB_RUN_ID ?? String(4242 + runs++);
   return (async () => {
     for (const f of Object.values(files)) await writeFile(f, f.endsWith('.json') ? '{}' : '');
     const child = spawn(process.execPath, [ACTION_MAIN], {
@@ -145,7 +148,7 @@ export function runAction(
         GITHUB_SHA: '0123456789abcdef0123456789abcdef01234567',
         GITHUB_REPOSITORY: 'acme/shop',
         // Each run of a workflow has its own id (a deploy id comes from it).
-        GITHUB_RUN_ID: String(4242 + runs++),
+        GITHUB_RUN_ID: runId,
         GITHUB_RUN_ATTEMPT: '1',
         GITHUB_ACTOR: 'octocat',
         GITHUB_WORKFLOW: 'deploy',
@@ -171,6 +174,7 @@ export function runAction(
     }));
     const warnings = [...stdout.matchAll(/^::warning::(.*)$/gm)].map((m) => unescape(m[1] ?? ''));
     return {
+      runId,
       code,
       stdout,
       stderr,

@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -8,11 +9,17 @@ import { parseHosts } from '../../src/action/hosts-input.js';
 import { batchesOf, parseBatchSize } from '../../src/deploy/batches.js';
 import { actionYml } from '../support/run-action.js';
 
-const KEY =
-  '-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ\n-----END OPENSSH PRIVATE KEY-----\n';
 const TOKEN = 'tok-0123456789abcdef0123456789abcdef';
 const FP = 'SHA256:' + 'A'.repeat(43);
 const dir = mkdtempSync(path.join(os.tmpdir(), 'baton-inputs-'));
+/** A real key (the inputs decrypt it before any host is contacted), and one with a passphrase. */
+function keygen(name: string, passphrase: string): string {
+  const file = path.join(dir, name);
+  execFileSync('ssh-keygen', ['-q', '-t', 'ed25519', '-N', passphrase, '-f', file]);
+  return readFileSync(file, 'utf8');
+}
+const KEY = keygen('plain', '');
+const LOCKED = keygen('locked', 'pass-phrase-1');
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 /**
@@ -75,7 +82,8 @@ describe('the action inputs', () => {
     const src = source({
       ...good(),
       username: 'u',
-      'ssh-key-passphrase': 'pw-12345678',
+      'ssh-key': LOCKED,
+      'ssh-key-passphrase': 'pass-phrase-1',
       'known-hosts': 'x',
       jump: 'j@bastion',
       'agent-port': '7',
@@ -94,17 +102,18 @@ describe('the action inputs', () => {
   it('masks every secret, and each line of a key, before anything else is read', () => {
     const src = source({
       ...good(),
-      'ssh-key-passphrase': 'hunter2-long',
+      'ssh-key': LOCKED,
+      'ssh-key-passphrase': 'pass-phrase-1',
       'signing-key': 'sk-line-one\nsk-line-two',
     });
     readInputs(src);
     for (const s of [
-      KEY.trim(),
       TOKEN,
-      'hunter2-long',
+      'pass-phrase-1',
+      LOCKED.trim(),
       'sk-line-one',
       'sk-line-two',
-      'b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQ',
+      LOCKED.split('\n')[1]!,
     ])
       assert.ok(src.masked.includes(s), `${s} is not masked`);
   });
@@ -142,6 +151,13 @@ describe('the action inputs', () => {
     refuses({ ...good(), fingerprint: '' }, 'known-hosts');
     refuses({ ...good(), fingerprint: 'MD5:aa:bb' }, 'fingerprint');
     refuses({ ...good(), 'ssh-key': 'not a key' }, 'ssh-key');
+    refuses({ ...good(), 'ssh-key': LOCKED }, 'ssh-key');
+    refuses(
+      { ...good(), 'ssh-key': LOCKED, 'ssh-key-passphrase': 'wrong-phrase' },
+      'ssh-key-passphrase',
+    );
+    refuses({ ...good(), timeout: '99999999' }, 'timeout');
+    refuses({ ...good(), 'connect-timeout': '0' }, 'connect-timeout');
     refuses({ ...good(), 'agent-token': 'short' }, 'agent-token');
     refuses({ ...good(), rollback: 'true' }, 'rollback');
     refuses({ ...good(), rollback: 'yes' }, 'rollback');
