@@ -312,21 +312,22 @@ describe('the action deploys a fleet of three hosts through OpenSSH', () => {
       3,
     );
     assert.match(run.summary, /dry run: nothing changed/);
-    const listed = await Promise.all(
-      hosts.map(
-        (h) =>
-          batonSync([
-            'releases',
-            '--app',
-            'web',
-            '--agent',
-            `unix:${h.channelSocket}`,
-            '--token-file',
-            h.tokenFile,
-          ]).stdout,
-      ),
+    const listed = hosts.map(
+      (h) =>
+        batonSync([
+          'releases',
+          '--app',
+          'web',
+          '--agent',
+          `unix:${h.channelSocket}`,
+          '--token-file',
+          h.tokenFile,
+        ]).stdout,
     );
-    for (const out of listed) assert.doesNotMatch(out, /\bG\b/, 'a dry run stored the release');
+    for (const out of listed) {
+      assert.match(out, /\bD\b/, `no release list: ${out}`);
+      assert.doesNotMatch(out, /\bG\b/, 'a dry run stored the release');
+    }
   });
 
   it('a host busy with another deploy is waited for, naming who holds it, then deployed', async () => {
