@@ -14,11 +14,20 @@ export async function peakRssKiB(pid: number): Promise<number> {
 
 /** User + system CPU seconds `pid` has used so far. */
 export async function cpuSeconds(pid: number): Promise<number> {
+  const { user, system } = await cpuSplit(pid);
+  return user + system;
+}
+
+/** CPU seconds `pid` has used so far in user space and in the kernel (its system calls). */
+export async function cpuSplit(pid: number): Promise<{ user: number; system: number }> {
   const stat = await readFile(`/proc/${pid}/stat`, 'utf8');
   // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // utime and stime are fields 14 and 15, the 12th and 13th after the name.
-  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+  return {
+    user: Number(fields[11]) / TICKS_PER_SECOND,
+    system: Number(fields[12]) / TICKS_PER_SECOND,
+  };
 }
 
 /** CPU seconds the whole machine has been busy so far, summed over its cores (/proc/stat). */

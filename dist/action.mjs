@@ -56,7 +56,7 @@ var __toESM = (mod, isNodeMode, target) => (target = mod != null ? __create(__ge
 var require_tunnel = __commonJS({
   "node_modules/tunnel/lib/tunnel.js"(exports) {
     "use strict";
-    var net = __require("net");
+    var net2 = __require("net");
     var tls = __require("tls");
     var http = __require("http");
     var https = __require("https");
@@ -983,7 +983,7 @@ var require_util = __commonJS({
     var { kDestroyed, kBodyUsed, kListeners, kBody } = require_symbols();
     var { IncomingMessage } = __require("node:http");
     var stream = __require("node:stream");
-    var net = __require("node:net");
+    var net2 = __require("node:net");
     var { Blob: Blob2 } = __require("node:buffer");
     var nodeUtil = __require("node:util");
     var { stringify } = __require("node:querystring");
@@ -1128,7 +1128,7 @@ var require_util = __commonJS({
       }
       assert2(typeof host === "string");
       const servername = getHostname(host);
-      if (net.isIP(servername)) {
+      if (net2.isIP(servername)) {
         return "";
       }
       return servername;
@@ -2529,7 +2529,7 @@ var require_timers = __commonJS({
 var require_connect = __commonJS({
   "node_modules/undici/lib/core/connect.js"(exports, module) {
     "use strict";
-    var net = __require("node:net");
+    var net2 = __require("node:net");
     var assert2 = __require("node:assert");
     var util = require_util();
     var { InvalidArgumentError, ConnectTimeoutError } = require_errors();
@@ -2625,7 +2625,7 @@ var require_connect = __commonJS({
         } else {
           assert2(!httpSocket, "httpSocket can only be sent on TLS update");
           port = port || 80;
-          socket = net.connect({
+          socket = net2.connect({
             highWaterMark: 64 * 1024,
             // Same as nodejs fs streams.
             ...options,
@@ -7638,7 +7638,7 @@ var require_client = __commonJS({
   "node_modules/undici/lib/dispatcher/client.js"(exports, module) {
     "use strict";
     var assert2 = __require("node:assert");
-    var net = __require("node:net");
+    var net2 = __require("node:net");
     var http = __require("node:http");
     var util = require_util();
     var { channels } = require_diagnostics();
@@ -7788,7 +7788,7 @@ var require_client = __commonJS({
         if (maxRequestsPerClient != null && (!Number.isInteger(maxRequestsPerClient) || maxRequestsPerClient < 0)) {
           throw new InvalidArgumentError("maxRequestsPerClient must be a positive number");
         }
-        if (localAddress != null && (typeof localAddress !== "string" || net.isIP(localAddress) === 0)) {
+        if (localAddress != null && (typeof localAddress !== "string" || net2.isIP(localAddress) === 0)) {
           throw new InvalidArgumentError("localAddress must be valid string IP address");
         }
         if (maxResponseSize != null && (!Number.isInteger(maxResponseSize) || maxResponseSize < -1)) {
@@ -7952,7 +7952,7 @@ var require_client = __commonJS({
         const idx = hostname3.indexOf("]");
         assert2(idx !== -1);
         const ip = hostname3.substring(1, idx);
-        assert2(net.isIP(ip));
+        assert2(net2.isIP(ip));
         hostname3 = ip;
       }
       client[kConnecting] = true;
@@ -21466,7 +21466,7 @@ var require_websocket2 = __commonJS({
     var EventEmitter = __require("events");
     var https = __require("https");
     var http = __require("http");
-    var net = __require("net");
+    var net2 = __require("net");
     var querystring = __require("querystring");
     var tls = __require("tls");
     var { randomBytes: randomBytes2, createHash: createHash4 } = __require("crypto");
@@ -22235,12 +22235,12 @@ var require_websocket2 = __commonJS({
     }
     function netConnect(options) {
       options.path = options.socketPath;
-      return net.connect(options);
+      return net2.connect(options);
     }
     function tlsConnect(options) {
       options.path = void 0;
       if (!options.servername && options.servername !== "") {
-        options.servername = net.isIP(options.host) ? "" : options.host;
+        options.servername = net2.isIP(options.host) ? "" : options.host;
       }
       return tls.connect(options);
     }
@@ -50582,6 +50582,7 @@ __export(ssh_exports, {
   readPrivateKey: () => readPrivateKey
 });
 import { getCiphers } from "node:crypto";
+import net from "node:net";
 import { setTimeout as sleep3 } from "node:timers/promises";
 async function openSsh(opts) {
   const targets = [...(opts.jump ?? []).map(parseSshTarget), parseSshTarget(opts.target)];
@@ -50628,6 +50629,17 @@ async function connectChain(targets, opts, key) {
     await shutdown(hops);
     throw err;
   }
+}
+function batchedWrites(socket) {
+  const write = socket.write.bind(socket);
+  socket.write = (...args) => {
+    if (!socket.writableCorked) {
+      socket.cork();
+      process.nextTick(() => socket.uncork());
+    }
+    return write(...args);
+  };
+  return socket;
 }
 function connectHop(target, sock, opts, key, last) {
   const { username, host, port } = target;
@@ -50685,7 +50697,8 @@ function connectHop(target, sock, opts, key, last) {
         host,
         port,
         username,
-        sock,
+        // The first hop's TCP socket is ours, so that its writes go out batched (see below).
+        sock: sock ?? batchedWrites(net.connect({ host, port })),
         hostVerifier,
         authHandler: logins(username, key, opts.agent),
         // ssh2 starts this before the TCP connect, so it bounds the connect as well.
@@ -52193,48 +52206,21 @@ init_errors();
 init_errors();
 import { setTimeout as sleep2 } from "node:timers/promises";
 
-// src/deploy/batches.ts
-init_errors();
-function parseBatchSize(text, what) {
-  const percent = /^(\d{1,3})\s*%$/.exec(text.trim());
-  if (percent) {
-    const n = Number(percent[1]);
-    if (n < 1 || n > 100)
-      throw new BatonError("USAGE", `${what}: "${text}" is not a percentage from 1% to 100%`);
-    return { percent: n };
-  }
-  if (!/^\d+$/.test(text.trim()) || Number(text) < 1)
-    throw new BatonError(
-      "USAGE",
-      `${what}: "${text}" is not a number of hosts (1 or more) nor a percentage such as 25%`
-    );
-  return { count: Number(text) };
-}
-function batchesOf(items, strategy, size) {
-  if (items.length === 0) return [];
-  if (strategy === "parallel") return [[...items]];
-  const n = "count" in size ? size.count : Math.max(1, Math.ceil(items.length * size.percent / 100));
-  const out = [];
-  for (let i = 0; i < items.length; i += n) out.push(items.slice(i, i + n));
-  return out;
-}
-async function eachLimited(items, limit, fn) {
-  const results = new Array(items.length);
-  let next = 0;
-  const worker = async () => {
-    while (next < items.length) {
-      const i = next++;
-      results[i] = await fn(items[i], i);
-    }
-  };
-  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
-  return results;
-}
+// node_modules/ws/wrapper.mjs
+var import_stream = __toESM(require_stream(), 1);
+var import_extension = __toESM(require_extension(), 1);
+var import_permessage_deflate = __toESM(require_permessage_deflate2(), 1);
+var import_receiver = __toESM(require_receiver2(), 1);
+var import_sender = __toESM(require_sender2(), 1);
+var import_subprotocol = __toESM(require_subprotocol(), 1);
+var import_websocket = __toESM(require_websocket2(), 1);
+var import_websocket_server = __toESM(require_websocket_server(), 1);
 
-// src/deploy/host-deploy.ts
+// src/artifact/release-id.ts
 init_errors();
-import { open as open3 } from "node:fs/promises";
-import { setTimeout as sleep } from "node:timers/promises";
+import { readFileSync } from "node:fs";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
 
 // node_modules/zod/v4/classic/external.js
 var external_exports = {};
@@ -71998,6 +71984,66 @@ function canonicalJson(value) {
   return JSON.stringify(value);
 }
 
+// src/artifact/release-id.ts
+var HEX = /^[0-9a-f]{7,64}$/i;
+function makeReleaseId(date5, gitSha, archiveSha256) {
+  const hex3 = gitSha ?? archiveSha256;
+  if (!HEX.test(hex3))
+    throw new BatonError(
+      "MANIFEST_INVALID",
+      `"${hex3}" is not a ${gitSha === void 0 ? "sha256" : "git commit sha"}: expected hex digits`
+    );
+  if (Number.isNaN(date5.getTime())) throw new BatonError("MANIFEST_INVALID", "invalid date");
+  const stamp = date5.toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
+  return `${stamp}-${hex3.slice(0, 7).toLowerCase()}`;
+}
+function checkStorableReleaseId(id) {
+  if (/\.json$/i.test(id))
+    throw new BatonError(
+      "RELEASE_ID_INVALID",
+      `release id "${id}" ends in .json, which the release store keeps for its records; choose an id without that ending (the default, YYYYMMDD-HHMMSS-<sha>, never has it)`
+    );
+}
+function buildManifest(input2) {
+  checkStorableReleaseId(input2.releaseId);
+  const parsed = ManifestSchema.safeParse({
+    version: 1,
+    app: input2.app,
+    releaseId: input2.releaseId,
+    archive: {
+      sha256: input2.archive.sha256,
+      size: input2.archive.size,
+      entries: input2.archive.entries
+    },
+    // Left out rather than present as undefined, so the manifest round-trips through JSON as is.
+    ...input2.git !== void 0 && { git: input2.git },
+    ...input2.run !== void 0 && { run: input2.run },
+    createdAt: input2.now.toISOString(),
+    tool: { name: "baton", version: toolVersion() }
+  });
+  if (!parsed.success)
+    throw new BatonError("MANIFEST_INVALID", `manifest: ${formatIssues(parsed.error)}`);
+  return parsed.data;
+}
+var version2;
+function toolVersion() {
+  if (version2 !== void 0) return version2;
+  let dir = path.dirname(fileURLToPath(import.meta.url));
+  for (; ; ) {
+    try {
+      const pkg = JSON.parse(readFileSync(path.join(dir, "package.json"), "utf8"));
+      if (pkg.name === "baton" && typeof pkg.version === "string") return version2 = pkg.version;
+    } catch {
+    }
+    const parent = path.dirname(dir);
+    if (parent === dir) return version2 = "0.0.0-unknown";
+    dir = parent;
+  }
+}
+
+// src/transport/client.ts
+init_errors();
+
 // src/protocol/events.ts
 var PhaseSchema = external_exports.enum([
   "received",
@@ -72220,80 +72266,6 @@ var CloseCode = {
   authFailed: 4001,
   rateLimited: 4002
 };
-
-// node_modules/ws/wrapper.mjs
-var import_stream = __toESM(require_stream(), 1);
-var import_extension = __toESM(require_extension(), 1);
-var import_permessage_deflate = __toESM(require_permessage_deflate2(), 1);
-var import_receiver = __toESM(require_receiver2(), 1);
-var import_sender = __toESM(require_sender2(), 1);
-var import_subprotocol = __toESM(require_subprotocol(), 1);
-var import_websocket = __toESM(require_websocket2(), 1);
-var import_websocket_server = __toESM(require_websocket_server(), 1);
-
-// src/artifact/release-id.ts
-init_errors();
-import { readFileSync } from "node:fs";
-import path from "node:path";
-import { fileURLToPath } from "node:url";
-var HEX = /^[0-9a-f]{7,64}$/i;
-function makeReleaseId(date5, gitSha, archiveSha256) {
-  const hex3 = gitSha ?? archiveSha256;
-  if (!HEX.test(hex3))
-    throw new BatonError(
-      "MANIFEST_INVALID",
-      `"${hex3}" is not a ${gitSha === void 0 ? "sha256" : "git commit sha"}: expected hex digits`
-    );
-  if (Number.isNaN(date5.getTime())) throw new BatonError("MANIFEST_INVALID", "invalid date");
-  const stamp = date5.toISOString().replace(/[-:]/g, "").replace("T", "-").slice(0, 15);
-  return `${stamp}-${hex3.slice(0, 7).toLowerCase()}`;
-}
-function checkStorableReleaseId(id) {
-  if (/\.json$/i.test(id))
-    throw new BatonError(
-      "RELEASE_ID_INVALID",
-      `release id "${id}" ends in .json, which the release store keeps for its records; choose an id without that ending (the default, YYYYMMDD-HHMMSS-<sha>, never has it)`
-    );
-}
-function buildManifest(input2) {
-  checkStorableReleaseId(input2.releaseId);
-  const parsed = ManifestSchema.safeParse({
-    version: 1,
-    app: input2.app,
-    releaseId: input2.releaseId,
-    archive: {
-      sha256: input2.archive.sha256,
-      size: input2.archive.size,
-      entries: input2.archive.entries
-    },
-    // Left out rather than present as undefined, so the manifest round-trips through JSON as is.
-    ...input2.git !== void 0 && { git: input2.git },
-    ...input2.run !== void 0 && { run: input2.run },
-    createdAt: input2.now.toISOString(),
-    tool: { name: "baton", version: toolVersion() }
-  });
-  if (!parsed.success)
-    throw new BatonError("MANIFEST_INVALID", `manifest: ${formatIssues(parsed.error)}`);
-  return parsed.data;
-}
-var version2;
-function toolVersion() {
-  if (version2 !== void 0) return version2;
-  let dir = path.dirname(fileURLToPath(import.meta.url));
-  for (; ; ) {
-    try {
-      const pkg = JSON.parse(readFileSync(path.join(dir, "package.json"), "utf8"));
-      if (pkg.name === "baton" && typeof pkg.version === "string") return version2 = pkg.version;
-    } catch {
-    }
-    const parent = path.dirname(dir);
-    if (parent === dir) return version2 = "0.0.0-unknown";
-    dir = parent;
-  }
-}
-
-// src/transport/client.ts
-init_errors();
 
 // src/transport/auth.ts
 import { createHmac, randomBytes, timingSafeEqual } from "node:crypto";
@@ -72540,7 +72512,78 @@ var AgentClient = class _AgentClient {
   }
 };
 
+// src/deploy/agent-link.ts
+var AgentLink = class {
+  constructor(dialer, token, heartbeatMs) {
+    this.dialer = dialer;
+    this.token = token;
+    this.heartbeatMs = heartbeatMs;
+  }
+  dialer;
+  token;
+  heartbeatMs;
+  client;
+  opening;
+  /** The open connection, or a new one when there is none or it closed. */
+  async get() {
+    if (this.client && this.client.failure === void 0) return this.client;
+    this.client = void 0;
+    this.opening ??= AgentClient.connect(this.dialer, this.token, {
+      heartbeatMs: this.heartbeatMs
+    }).finally(() => this.opening = void 0);
+    const client = await this.opening;
+    this.client = client;
+    return client;
+  }
+  /** Closes the connection: after a failure on it, or at the end. */
+  drop() {
+    this.client?.close();
+    this.client = void 0;
+  }
+};
+
+// src/deploy/batches.ts
+init_errors();
+function parseBatchSize(text, what) {
+  const percent = /^(\d{1,3})\s*%$/.exec(text.trim());
+  if (percent) {
+    const n = Number(percent[1]);
+    if (n < 1 || n > 100)
+      throw new BatonError("USAGE", `${what}: "${text}" is not a percentage from 1% to 100%`);
+    return { percent: n };
+  }
+  if (!/^\d+$/.test(text.trim()) || Number(text) < 1)
+    throw new BatonError(
+      "USAGE",
+      `${what}: "${text}" is not a number of hosts (1 or more) nor a percentage such as 25%`
+    );
+  return { count: Number(text) };
+}
+function batchesOf(items, strategy, size) {
+  if (items.length === 0) return [];
+  if (strategy === "parallel") return [[...items]];
+  const n = "count" in size ? size.count : Math.max(1, Math.ceil(items.length * size.percent / 100));
+  const out = [];
+  for (let i = 0; i < items.length; i += n) out.push(items.slice(i, i + n));
+  return out;
+}
+async function eachLimited(items, limit, fn) {
+  const results = new Array(items.length);
+  let next = 0;
+  const worker = async () => {
+    while (next < items.length) {
+      const i = next++;
+      results[i] = await fn(items[i], i);
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(limit, items.length)) }, worker));
+  return results;
+}
+
 // src/deploy/host-deploy.ts
+init_errors();
+import { open as open3 } from "node:fs/promises";
+import { setTimeout as sleep } from "node:timers/promises";
 var RETRYABLE = /* @__PURE__ */ new Set([
   "CONNECTION_LOST",
   "SSH_CONNECT_FAILED",
@@ -72558,16 +72601,20 @@ async function deployToHost(dialer, token, plan, reporter, opts = {}) {
   let backoff = opts.backoffMs ?? 500;
   const state = { lastSeq: 0, accepted: false, uploading: false };
   const aborted2 = () => new BatonError("DEPLOY_ABORTED", `${plan.kind} ${plan.deployId} stopped: cancelled`);
+  const link = opts.link;
   for (let attempt = 0; ; attempt++) {
     let client;
-    const stop = () => client?.close();
+    let keep = false;
+    const stop = () => link ? link.drop() : client?.close();
     try {
       if (opts.signal?.aborted) throw aborted2();
       opts.signal?.addEventListener("abort", stop, { once: true });
-      client = await AgentClient.connect(dialer, token, { heartbeatMs: opts.heartbeatMs });
+      client = link ? await link.get() : await AgentClient.connect(dialer, token, { heartbeatMs: opts.heartbeatMs });
       if (opts.signal?.aborted) throw aborted2();
       checkProtocol(client, plan.kind, dialer.describe);
-      return await follow(client, plan, reporter, state);
+      const outcome = await follow(client, plan, reporter, state);
+      keep = link !== void 0;
+      return outcome;
     } catch (err) {
       if (opts.signal?.aborted) throw aborted2();
       const code = errorCode(err) ?? "";
@@ -72582,7 +72629,8 @@ async function deployToHost(dialer, token, plan, reporter, opts = {}) {
       backoff = Math.min(backoff * 2, 1e4);
     } finally {
       opts.signal?.removeEventListener("abort", stop);
-      client?.close();
+      if (!keep && link) link.drop();
+      else if (!keep) client?.close();
     }
   }
 }
@@ -72616,6 +72664,8 @@ function requestFor(plan) {
   }
 }
 function follow(client, plan, reporter, state) {
+  let unsubscribe = () => {
+  };
   return new Promise((resolve, reject) => {
     const mine = (msg) => "deployId" in msg && msg.deployId === plan.deployId;
     const send = (how) => {
@@ -72623,7 +72673,7 @@ function follow(client, plan, reporter, state) {
         return client.send({ type: "attach", deployId: plan.deployId, after: state.lastSeq });
       client.send(requestFor(plan));
     };
-    client.onMessage((msg) => {
+    unsubscribe = client.onMessage((msg) => {
       if (!mine(msg)) return;
       switch (msg.type) {
         case "accepted":
@@ -72663,7 +72713,7 @@ function follow(client, plan, reporter, state) {
     });
     void client.closed().then(reject);
     send(state.accepted && !state.uploading ? "attach" : "request");
-  });
+  }).finally(() => unsubscribe());
 }
 async function sendFile(client, file2, total, reporter) {
   const handle = await open3(file2, "r");
@@ -72675,14 +72725,17 @@ async function sendFile(client, file2, total, reporter) {
         `${file2} has ${size} bytes but its manifest says ${total}: it changed after packing; pack it again`
       );
     const chunk = Math.max(1024, Math.min(UPLOAD_CHUNK_BYTES, client.maxFrame - 1024));
-    const free = Array.from(
-      { length: Math.ceil(HIGH_WATER / chunk) },
-      () => Buffer.allocUnsafe(chunk)
-    );
+    const most = Math.min(Math.ceil(HIGH_WATER / chunk), Math.ceil(total / chunk));
+    const free = [];
+    let made = 0;
     let wake;
     let failed;
     let sent = 0;
     while (sent < total) {
+      if (free.length === 0 && made < most) {
+        free.push(Buffer.allocUnsafe(Math.min(chunk, total)));
+        made++;
+      }
       while (free.length === 0 && !failed) await new Promise((resolve) => wake = resolve);
       if (failed) throw failed;
       const buf = free.pop();
@@ -72789,8 +72842,8 @@ function failure2(step, err, phase2) {
     ...phase2 !== void 0 && { phase: phase2 }
   };
 }
-async function preflightHost(dialer, token, app2, needsProtocol) {
-  const client = await AgentClient.connect(dialer, token);
+async function preflightHost(link, app2, needsProtocol) {
+  const client = await link.get();
   try {
     if (client.protocol < needsProtocol)
       throw new BatonError(
@@ -72813,8 +72866,9 @@ async function preflightHost(dialer, token, app2, needsProtocol) {
       ...own2.previous && { previous: own2.previous.id },
       releases
     };
-  } finally {
-    client.close();
+  } catch (err) {
+    link.drop();
+    throw err;
   }
 }
 function cannotSwitchTo(facts, release) {
@@ -72844,6 +72898,14 @@ ${lines.join("\n")}`
 
 // src/deploy/fleet.ts
 async function runFleet(hosts, opts, reporter) {
+  const links = new Map(hosts.map((h) => [h.label, new AgentLink(h.dialer, opts.token)]));
+  try {
+    return await deployFleet(hosts, opts, reporter, links);
+  } finally {
+    for (const link of links.values()) link.drop();
+  }
+}
+async function deployFleet(hosts, opts, reporter, links) {
   const started = Date.now();
   const reports = new Map(
     hosts.map((h) => [
@@ -72874,7 +72936,7 @@ async function runFleet(hosts, opts, reporter) {
   const facts = /* @__PURE__ */ new Map();
   const preflight = await eachLimited(hosts, opts.maxParallel, async (h) => {
     try {
-      const f2 = await preflightHost(h.dialer, opts.token, opts.app, needs);
+      const f2 = await preflightHost(links.get(h.label), opts.app, needs);
       facts.set(h.label, f2);
       const r = reports.get(h.label);
       if (f2.current !== void 0) r.before = r.after = f2.current;
@@ -73058,7 +73120,11 @@ async function runFleet(hosts, opts, reporter) {
             sent: (bytes, total) => reporter.sent(h.label, bytes, total),
             note: (line) => reporter.note(h.label, line)
           },
-          { ...opts.connection, ...cancellable && opts.signal && { signal: opts.signal } }
+          {
+            ...opts.connection,
+            link: links.get(h.label),
+            ...cancellable && opts.signal && { signal: opts.signal }
+          }
         )
       );
       r.bytesSent += outcome.uploadedBytes;
@@ -73094,7 +73160,7 @@ async function runFleet(hosts, opts, reporter) {
   }
   async function runsNow(h) {
     try {
-      return (await preflightHost(h.dialer, opts.token, opts.app, 1)).current;
+      return (await preflightHost(links.get(h.label), opts.app, 1)).current;
     } catch (err) {
       reporter.note(h.label, `cannot tell what it runs now: ${errorMessage(err)}`);
       return void 0;

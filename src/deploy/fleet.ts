@@ -3,6 +3,7 @@ import { BatonError, errorCode, errorMessage } from '../errors.js';
 import type { DeployEvent, DeployOrigin, DeployOutcome } from '../protocol/channel.js';
 import type { SignedManifest } from '../protocol/manifest.js';
 import type { Dialer } from '../transport/dialer.js';
+import { AgentLink } from './agent-link.js';
 import { batchesOf, eachLimited, type BatchSize } from './batches.js';
 import { deployToHost, type HostDeployOptions, type HostPlan } from './host-deploy.js';
 import {
@@ -130,6 +131,20 @@ export async function runFleet(
   opts: FleetOptions,
   reporter: FleetReporter,
 ): Promise<FleetReport> {
+  const links = new Map(hosts.map((h) => [h.label, new AgentLink(h.dialer, opts.token)]));
+  try {
+    return await deployFleet(hosts, opts, reporter, links);
+  } finally {
+    for (const link of links.values()) link.drop();
+  }
+}
+
+async function deployFleet(
+  hosts: readonly FleetHost[],
+  opts: FleetOptions,
+  reporter: FleetReporter,
+  links: ReadonlyMap<string, AgentLink>,
+): Promise<FleetReport> {
   const started = Date.now();
   const reports = new Map<string, HostReport>(
     hosts.map((h) => [
@@ -162,7 +177,7 @@ export async function runFleet(
   const facts = new Map<string, HostFacts>();
   const preflight = await eachLimited(hosts, opts.maxParallel, async (h) => {
     try {
-      const f = await preflightHost(h.dialer, opts.token, opts.app, needs);
+      const f = await preflightHost(links.get(h.label)!, opts.app, needs);
       facts.set(h.label, f);
       const r = reports.get(h.label)!;
       if (f.current !== undefined) r.before = r.after = f.current;
@@ -397,7 +412,11 @@ export async function runFleet(
             sent: (bytes, total) => reporter.sent(h.label, bytes, total),
             note: (line) => reporter.note(h.label, line),
           },
-          { ...opts.connection, ...(cancellable && opts.signal && { signal: opts.signal }) },
+          {
+            ...opts.connection,
+            link: links.get(h.label)!,
+            ...(cancellable && opts.signal && { signal: opts.signal }),
+          },
         ),
       );
       r.bytesSent += outcome.uploadedBytes;
@@ -439,7 +458,7 @@ export async function runFleet(
   /** What a host runs now, asked on a new connection; undefined when it cannot be asked. */
   async function runsNow(h: FleetHost): Promise<string | undefined> {
     try {
-      return (await preflightHost(h.dialer, opts.token, opts.app, 1)).current;
+      return (await preflightHost(links.get(h.label)!, opts.app, 1)).current;
     } catch (err) {
       reporter.note(h.label, `cannot tell what it runs now: ${errorMessage(err)}`);
       return undefined;

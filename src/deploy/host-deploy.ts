@@ -13,6 +13,7 @@ import {
 } from '../protocol/channel.js';
 import { AgentClient } from '../transport/client.js';
 import type { Dialer } from '../transport/dialer.js';
+import type { AgentLink } from './agent-link.js';
 
 /**
  * One host's part of a deploy, rollback, stage or switch, as the client sends it. A fleet deploy
@@ -68,6 +69,11 @@ export interface HostDeployOptions {
    * already under way on the host runs to its end there all the same.
    */
   signal?: AbortSignal;
+  /**
+   * An open connection to reuse (a fleet keeps one per host between its steps). It stays open
+   * after an outcome, and is dropped after a failure; without it, each call connects anew.
+   */
+  link?: AgentLink;
 }
 
 /** Failures where trying again on a new connection can help; every other one is final. */
@@ -107,16 +113,22 @@ export async function deployToHost(
   const state = { lastSeq: 0, accepted: false, uploading: false };
   const aborted = () =>
     new BatonError('DEPLOY_ABORTED', `${plan.kind} ${plan.deployId} stopped: cancelled`);
+  const link = opts.link;
   for (let attempt = 0; ; attempt++) {
     let client: AgentClient | undefined;
-    const stop = () => client?.close();
+    let keep = false;
+    const stop = () => (link ? link.drop() : client?.close());
     try {
       if (opts.signal?.aborted) throw aborted();
       opts.signal?.addEventListener('abort', stop, { once: true });
-      client = await AgentClient.connect(dialer, token, { heartbeatMs: opts.heartbeatMs });
+      client = link
+        ? await link.get()
+        : await AgentClient.connect(dialer, token, { heartbeatMs: opts.heartbeatMs });
       if (opts.signal?.aborted) throw aborted();
       checkProtocol(client, plan.kind, dialer.describe);
-      return await follow(client, plan, reporter, state);
+      const outcome = await follow(client, plan, reporter, state);
+      keep = link !== undefined;
+      return outcome;
     } catch (err) {
       if (opts.signal?.aborted) throw aborted();
       const code = errorCode(err) ?? '';
@@ -132,7 +144,8 @@ export async function deployToHost(
       backoff = Math.min(backoff * 2, 10_000);
     } finally {
       opts.signal?.removeEventListener('abort', stop);
-      client?.close();
+      if (!keep && link) link.drop();
+      else if (!keep) client?.close();
     }
   }
 }
@@ -185,6 +198,7 @@ function follow(
   reporter: HostReporter,
   state: FollowState,
 ): Promise<DeployOutcome> {
+  let unsubscribe = () => {};
   return new Promise<DeployOutcome>((resolve, reject) => {
     const mine = (msg: ServerMessage) => 'deployId' in msg && msg.deployId === plan.deployId;
     const send = (how: 'request' | 'attach') => {
@@ -192,7 +206,7 @@ function follow(
         return client.send({ type: 'attach', deployId: plan.deployId, after: state.lastSeq });
       client.send(requestFor(plan));
     };
-    client.onMessage((msg) => {
+    unsubscribe = client.onMessage((msg) => {
       if (!mine(msg)) return;
       switch (msg.type) {
         case 'accepted':
@@ -242,7 +256,8 @@ function follow(
     void client.closed().then(reject);
     // After a drop past the upload, attach and resume; otherwise (re)send the request itself.
     send(state.accepted && !state.uploading ? 'attach' : 'request');
-  });
+    // A kept connection carries the next step's messages: this one stops listening.
+  }).finally(() => unsubscribe());
 }
 
 /**
@@ -266,13 +281,19 @@ async function sendFile(
       );
     // Frames stay under the agent's limit, whatever it is configured to.
     const chunk = Math.max(1024, Math.min(UPLOAD_CHUNK_BYTES, client.maxFrame - 1024));
-    const free = Array.from({ length: Math.ceil(HIGH_WATER / chunk) }, () =>
-      Buffer.allocUnsafe(chunk),
-    );
+    // Buffers are made as the upload needs them, up to HIGH_WATER: a small artifact (or a
+    // fleet of fifty hosts) does not pay for eight megabytes each.
+    const most = Math.min(Math.ceil(HIGH_WATER / chunk), Math.ceil(total / chunk));
+    const free: Buffer[] = [];
+    let made = 0;
     let wake: (() => void) | undefined;
     let failed: Error | undefined;
     let sent = 0;
     while (sent < total) {
+      if (free.length === 0 && made < most) {
+        free.push(Buffer.allocUnsafe(Math.min(chunk, total)));
+        made++;
+      }
       while (free.length === 0 && !failed) await new Promise<void>((resolve) => (wake = resolve));
       if (failed) throw failed;
       const buf = free.pop()!;

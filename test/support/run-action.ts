@@ -5,7 +5,9 @@ import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import path from 'node:path';
 import { parse } from 'yaml';
-import { ROOT } from '../../support/paths.js';
+import { ROOT, RUNNER_NODE } from '../../support/paths.js';
+
+export { RUNNER_NODE };
 
 /** The bundle action.yml names, run as the runner runs a node action. */
 export const ACTION_MAIN = path.join(ROOT, 'dist/action.mjs');
@@ -139,7 +141,7 @@ export function runAction(
   const runId = env.GITHUB_RUN_ID ?? String(4242 + runs++);
   return (async () => {
     for (const f of Object.values(files)) await writeFile(f, f.endsWith('.json') ? '{}' : '');
-    const child = spawn(process.execPath, [ACTION_MAIN], {
+    const child = spawn(RUNNER_NODE, [ACTION_MAIN], {
       cwd: dir,
       env: {
         PATH: process.env.PATH ?? '',
