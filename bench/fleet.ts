@@ -22,6 +22,8 @@ const ACTION = path.join(ROOT, 'dist/action.mjs');
 
 interface Measured {
   hosts: number;
+  /** Deploys measured; each figure is their median. */
+  runs: number;
   wallMs: number;
   stageMs: number;
   switchMs: number;
@@ -29,6 +31,28 @@ interface Measured {
   /** Of it, the kernel's part (system calls: sockets, files). */
   systemMsPerHost: number;
   peakRssMiB: number;
+}
+
+// Medians of 3 deploys for the small fleets, where one run's noise (the other processes on two
+// cores) is the size of what is measured; one deploy of 50 (starting 50 agents takes a minute).
+const RUNS = Number(process.env.BATON_BENCH_FLEET_RUNS ?? 3);
+const runsFor = (hosts: number) => (hosts <= 10 ? RUNS : 1);
+
+function median(samples: Measured[]): Measured {
+  const mid = <K extends keyof Measured>(key: K) => {
+    const sorted = samples.map((m) => m[key]).sort((a, b) => a - b);
+    return sorted[Math.floor(sorted.length / 2)]!;
+  };
+  return {
+    hosts: samples[0]!.hosts,
+    runs: samples.length,
+    wallMs: mid('wallMs'),
+    stageMs: mid('stageMs'),
+    switchMs: mid('switchMs'),
+    cpuMsPerHost: mid('cpuMsPerHost'),
+    systemMsPerHost: mid('systemMsPerHost'),
+    peakRssMiB: mid('peakRssMiB'),
+  };
 }
 
 /** Runs the action once, sampling its CPU and peak RSS from /proc until it exits. */
@@ -80,9 +104,12 @@ async function main(): Promise<void> {
   const work = await tempDir('baton-bench-fleet-');
   const agents: ChannelAgent[] = [];
   const results: Measured[] = [];
+  const keys = path.join(work.dir, 'keys');
+  const tokenFile = path.join(work.dir, 'token');
+  let archive = '';
+  let token = '';
   try {
-    const keys = path.join(work.dir, 'keys');
-    const tokenFile = path.join(work.dir, 'token');
+    // keys, tokenFile, archive and token are set here, for deployOnce below.
     for (const args of [
       ['keygen', '--out', keys],
       ['agent', 'token', '--out', tokenFile],
@@ -112,69 +139,16 @@ async function main(): Promise<void> {
       out,
     ]);
     if (p.status !== 0) throw new Error(p.stderr);
-    const archive = path.join(
+    archive = path.join(
       out,
       (await readdir(out)).find((f) => f.endsWith('.tar.gz'))!,
     );
-    const token = (await readFile(tokenFile, 'utf8')).trim();
+    token = (await readFile(tokenFile, 'utf8')).trim();
 
     for (const n of SIZES) {
-      process.stderr.write(`starting ${n} agents…\n`);
-      while (agents.length < n)
-        agents.push(
-          await startChannelAgent(
-            { port: undefined },
-            { keepReleases: 2 },
-            {},
-            { keys, tokenFile },
-          ),
-        );
-      const hosts = agents.slice(0, n).map((a) => `${sshd.target} agent-socket=${a.channelSocket}`);
-      const dir = await tempDir('baton-bench-run-');
-      // The runner creates these before a step runs; @actions/core writes to them.
-      for (const f of ['out', 'summary']) await writeFile(path.join(dir.dir, f), '');
-      const r = await runAction({
-        PATH: process.env.PATH ?? '',
-        HOME: process.env.HOME ?? dir.dir,
-        GITHUB_OUTPUT: path.join(dir.dir, 'out'),
-        GITHUB_STEP_SUMMARY: path.join(dir.dir, 'summary'),
-        GITHUB_RUN_ID: `${Date.now()}`,
-        INPUT_HOSTS: hosts.join('\n'),
-        'INPUT_SSH-KEY': sshd.clientKey.privateKey,
-        'INPUT_KNOWN-HOSTS': sshd.knownHostsLine,
-        'INPUT_AGENT-TOKEN': token,
-        'INPUT_AGENT-SOCKET': '/run/baton/channel.sock',
-        INPUT_APP: 'web',
-        INPUT_ARTIFACT: archive,
-        INPUT_ROLLBACK: 'false',
-        INPUT_STRATEGY: 'parallel',
-        'INPUT_BATCH-SIZE': '1',
-        'INPUT_MAX-PARALLEL': String(n),
-        'INPUT_ON-FAILURE': 'stop',
-        'INPUT_BUSY-TIMEOUT': '0',
-        INPUT_TIMEOUT: '600',
-        'INPUT_DRY-RUN': 'false',
-        'INPUT_CONNECT-TIMEOUT': '60',
-      });
-      await dir.cleanup();
-      if (r.code !== 0) throw new Error(`the deploy to ${n} hosts failed (exit ${r.code})`);
-      for (const a of agents.slice(0, n)) {
-        const g = await a.generation();
-        if (g.releaseId !== 'bench') throw new Error(`an agent runs ${g.releaseId}, not bench`);
-      }
-      const stage = r.marks.get('stage') ?? 0;
-      const sw = r.marks.get('switch') ?? r.wallMs;
-      results.push({
-        hosts: n,
-        wallMs: r.wallMs,
-        stageMs: sw - stage,
-        switchMs: r.wallMs - sw,
-        cpuMsPerHost: ((r.cpu.user + r.cpu.system) * 1000) / n,
-        systemMsPerHost: (r.cpu.system * 1000) / n,
-        peakRssMiB: r.rssKiB / 1024,
-      });
-      // Every size starts from fresh agents: none holds the artifact yet.
-      for (const a of agents.splice(0)) await a.cleanup();
+      const samples: Measured[] = [];
+      for (let run = 0; run < runsFor(n); run++) samples.push(await deployOnce(n));
+      results.push(median(samples));
     }
   } finally {
     for (const a of agents) await a.cleanup();
@@ -182,16 +156,73 @@ async function main(): Promise<void> {
     await work.cleanup();
   }
 
+  /** One deploy to `n` fresh agents (none holds the artifact yet), measured. */
+  async function deployOnce(n: number): Promise<Measured> {
+    process.stderr.write(`starting ${n} agents…\n`);
+    while (agents.length < n)
+      agents.push(
+        await startChannelAgent({ port: undefined }, { keepReleases: 2 }, {}, { keys, tokenFile }),
+      );
+    const hosts = agents.slice(0, n).map((a) => `${sshd.target} agent-socket=${a.channelSocket}`);
+    const dir = await tempDir('baton-bench-run-');
+    // The runner creates these before a step runs; @actions/core writes to them.
+    for (const f of ['out', 'summary']) await writeFile(path.join(dir.dir, f), '');
+    const r = await runAction({
+      PATH: process.env.PATH ?? '',
+      HOME: process.env.HOME ?? dir.dir,
+      GITHUB_OUTPUT: path.join(dir.dir, 'out'),
+      GITHUB_STEP_SUMMARY: path.join(dir.dir, 'summary'),
+      GITHUB_RUN_ID: `${Date.now()}`,
+      INPUT_HOSTS: hosts.join('\n'),
+      'INPUT_SSH-KEY': sshd.clientKey.privateKey,
+      'INPUT_KNOWN-HOSTS': sshd.knownHostsLine,
+      'INPUT_AGENT-TOKEN': token,
+      'INPUT_AGENT-SOCKET': '/run/baton/channel.sock',
+      INPUT_APP: 'web',
+      INPUT_ARTIFACT: archive,
+      INPUT_ROLLBACK: 'false',
+      INPUT_STRATEGY: 'parallel',
+      'INPUT_BATCH-SIZE': '1',
+      'INPUT_MAX-PARALLEL': String(n),
+      'INPUT_ON-FAILURE': 'stop',
+      'INPUT_BUSY-TIMEOUT': '0',
+      INPUT_TIMEOUT: '600',
+      'INPUT_DRY-RUN': 'false',
+      'INPUT_CONNECT-TIMEOUT': '60',
+    });
+    await dir.cleanup();
+    if (r.code !== 0) throw new Error(`the deploy to ${n} hosts failed (exit ${r.code})`);
+    for (const a of agents.slice(0, n)) {
+      const g = await a.generation();
+      if (g.releaseId !== 'bench') throw new Error(`an agent runs ${g.releaseId}, not bench`);
+    }
+    const stage = r.marks.get('stage') ?? 0;
+    const sw = r.marks.get('switch') ?? r.wallMs;
+    const measured: Measured = {
+      hosts: n,
+      runs: 1,
+      wallMs: r.wallMs,
+      stageMs: sw - stage,
+      switchMs: r.wallMs - sw,
+      cpuMsPerHost: ((r.cpu.user + r.cpu.system) * 1000) / n,
+      systemMsPerHost: (r.cpu.system * 1000) / n,
+      peakRssMiB: r.rssKiB / 1024,
+    };
+    for (const a of agents.splice(0)) await a.cleanup();
+    return measured;
+  }
+
   const one = results.find((r) => r.hosts === 1);
   const ten = results.find((r) => r.hosts === 10);
   const fifty = results.find((r) => r.hosts === 50);
   console.log(
-    `\nbench:fleet: one deploy of a ${ARTIFACT_MIB} MiB artifact by dist/action.mjs through OpenSSH on loopback, strategy parallel, max-parallel = hosts\n`,
+    `\nbench:fleet: one deploy of a ${ARTIFACT_MIB} MiB artifact by dist/action.mjs through OpenSSH on loopback, strategy parallel, max-parallel = hosts; each figure the median of the runs\n`,
   );
   console.log(
     formatTable(
       [
         { title: 'hosts', align: 'right' },
+        { title: 'runs', align: 'right' },
         { title: 'wall', align: 'right' },
         { title: 'stage', align: 'right' },
         { title: 'switch', align: 'right' },
@@ -201,6 +232,7 @@ async function main(): Promise<void> {
       ],
       results.map((r) => [
         String(r.hosts),
+        String(r.runs),
         `${(r.wallMs / 1000).toFixed(2)} s`,
         `${(r.stageMs / 1000).toFixed(2)} s`,
         `${(r.switchMs / 1000).toFixed(2)} s`,

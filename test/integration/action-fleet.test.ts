@@ -372,4 +372,37 @@ describe('the action deploys a fleet of three hosts through OpenSSH', () => {
       await other.done;
     }
   });
+
+  it('on-failure stop leaves the switched hosts on the new release and switches no further host', async () => {
+    const src = await hosts[0]!.source('H', { mode: 'never-ready-on h2' });
+    const { run, load } = await underLoad({
+      artifact: src,
+      'release-id': 'H',
+      strategy: 'rolling',
+      'on-failure': 'stop',
+    });
+    assert.equal(run.code, 1, run.stdout);
+    assertNoDrops(load, run);
+    assert.deepEqual(await releasesNow(), ['H', 'F', 'F']);
+    assert.match(run.stdout, /failed; no further host was switched/);
+    const report = JSON.parse(run.outputs.report!) as { hosts: { result: string }[] };
+    assert.deepEqual(
+      report.hosts.map((h) => h.result),
+      ['switched', 'failed', 'not-switched'],
+    );
+  });
+
+  it('on-failure continue tries every other host and fails the step', async () => {
+    const src = await hosts[0]!.source('I', { mode: 'never-ready-on h2' });
+    const { run, load } = await underLoad({
+      artifact: src,
+      'release-id': 'I',
+      'on-failure': 'continue',
+    });
+    assert.equal(run.code, 1, run.stdout);
+    assertNoDrops(load, run);
+    assert.deepEqual(await releasesNow(), ['I', 'F', 'I']);
+    assert.equal(run.outputs['hosts-succeeded']!.split(',').length, 2);
+    assert.equal(run.outputs['hosts-failed'], `${sshd.target}#${hosts[1]!.channelSocket}`);
+  });
 });
