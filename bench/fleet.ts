@@ -5,13 +5,14 @@
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { batonSync } from '../support/baton-cli.js';
 import { startChannelAgent, type ChannelAgent } from '../support/channel-agent.js';
 import { FIXTURES, ROOT, RUNNER_NODE } from '../support/paths.js';
 import { startSshd } from '../support/sshd.js';
 import { tempDir } from '../support/temp-dir.js';
-import { cpuSplit, peakRssKiB } from './proc-stats.js';
+import { cpuSplit, machineBusySeconds, peakRssKiB } from './proc-stats.js';
 import { formatTable } from './table.js';
 
 const SIZES = (process.env.BATON_BENCH_FLEET_SIZES ?? '1,10,50').split(',').map(Number);
@@ -31,6 +32,8 @@ interface Measured {
   /** Of it, the kernel's part (system calls: sockets, files). */
   systemMsPerHost: number;
   peakRssMiB: number;
+  /** How busy the whole machine was meanwhile (all its cores: the agents, apps and sshd too). */
+  machineBusy: number;
 }
 
 // Medians of 3 deploys for the small fleets, where one run's noise (the other processes on two
@@ -52,6 +55,7 @@ function median(samples: Measured[]): Measured {
     cpuMsPerHost: mid('cpuMsPerHost'),
     systemMsPerHost: mid('systemMsPerHost'),
     peakRssMiB: mid('peakRssMiB'),
+    machineBusy: mid('machineBusy'),
   };
 }
 
@@ -63,8 +67,10 @@ async function runAction(env: NodeJS.ProcessEnv): Promise<{
   cpu: { user: number; system: number };
   rssKiB: number;
   wallMs: number;
+  machineBusy: number;
 }> {
   const started = performance.now();
+  const busyBefore = await machineBusySeconds();
   // BATON_BENCH_CPU_PROF=DIR writes a V8 CPU profile of the action there, to see where it goes.
   const prof = process.env.BATON_BENCH_CPU_PROF;
   // The Node a runner runs the action with (node24), when installed.
@@ -96,7 +102,10 @@ async function runAction(env: NodeJS.ProcessEnv): Promise<{
   const code = await new Promise<number | null>((resolve) => child.on('close', resolve));
   clearInterval(timer);
   if (code !== 0) process.stderr.write(stdout + stderr);
-  return { code, stdout, marks, cpu, rssKiB, wallMs: performance.now() - started };
+  const wallMs = performance.now() - started;
+  const busy = (await machineBusySeconds()) - busyBefore;
+  const machineBusy = busy / ((wallMs / 1000) * availableParallelism());
+  return { code, stdout, marks, cpu, rssKiB, wallMs, machineBusy };
 }
 
 async function main(): Promise<void> {
@@ -207,6 +216,7 @@ async function main(): Promise<void> {
       cpuMsPerHost: ((r.cpu.user + r.cpu.system) * 1000) / n,
       systemMsPerHost: (r.cpu.system * 1000) / n,
       peakRssMiB: r.rssKiB / 1024,
+      machineBusy: r.machineBusy,
     };
     for (const a of agents.splice(0)) await a.cleanup();
     return measured;
@@ -229,6 +239,7 @@ async function main(): Promise<void> {
         { title: 'action CPU/host', align: 'right' },
         { title: 'of it kernel', align: 'right' },
         { title: 'action peak RSS', align: 'right' },
+        { title: 'machine busy', align: 'right' },
       ],
       results.map((r) => [
         String(r.hosts),
@@ -239,6 +250,7 @@ async function main(): Promise<void> {
         `${r.cpuMsPerHost.toFixed(1)} ms`,
         `${r.systemMsPerHost.toFixed(1)} ms`,
         `${r.peakRssMiB.toFixed(0)} MiB`,
+        `${(r.machineBusy * 100).toFixed(0)} %`,
       ]),
     ),
   );
