@@ -81551,6 +81551,10 @@ function phase(r, ...names) {
     if (names.some((n) => k2 === n || k2.startsWith(`${n}:`))) total = (total ?? 0) + v2;
   return total;
 }
+function readiness(r) {
+  const waited = r.failure?.code === "READINESS_TIMEOUT" ? ["failed"] : [];
+  return phase(r, "generation-started", "ready", ...waited);
+}
 var RESULT = {
   switched: "\u2705 switched",
   unchanged: "\u2796 already on it",
@@ -81576,7 +81580,7 @@ function renderSummary(app2, report) {
   for (const r of report.hosts) {
     const why = r.failure ? `${r.failure.step}${r.failure.phase ? ` after ${r.failure.phase}` : ""}: ${r.failure.code}: ${r.failure.message}` : r.plan ?? (r.rolledBack ? `rolled back: ${r.rolledBack}` : "");
     out.push(
-      `| ${cell(r.host)} | ${cell(r.before ?? "\u2013")} \u2192 ${cell(r.after ?? "\u2013")} | ${RESULT[r.result]} | ${bytesText(r.bytesSent)} | ${ms2(phase(r, "received"))} | ${ms2(phase(r, "verified"))} | ${ms2(phase(r, "unpacked"))} | ${ms2(phase(r, "hook-finished"))} | ${ms2(phase(r, "generation-started", "ready"))} | ${ms2(phase(r, "draining", "drained"))} | ${cell(why.slice(0, 300))} |`
+      `| ${cell(r.host)} | ${cell(r.before ?? "\u2013")} \u2192 ${cell(r.after ?? "\u2013")} | ${RESULT[r.result]} | ${bytesText(r.bytesSent)} | ${ms2(phase(r, "received"))} | ${ms2(phase(r, "verified"))} | ${ms2(phase(r, "unpacked"))} | ${ms2(phase(r, "hook-finished"))} | ${ms2(readiness(r))} | ${ms2(phase(r, "draining", "drained"))} | ${cell(why.slice(0, 300))} |`
     );
   }
   const count = (result) => report.hosts.filter((r) => r.result === result).length;

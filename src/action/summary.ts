@@ -14,6 +14,12 @@ function phase(r: HostReport, ...names: string[]): number | undefined {
   return total;
 }
 
+/** Start to ready; for a version that never got ready, start to the deadline that gave up on it. */
+function readiness(r: HostReport): number | undefined {
+  const waited = r.failure?.code === 'READINESS_TIMEOUT' ? ['failed'] : [];
+  return phase(r, 'generation-started', 'ready', ...waited);
+}
+
 const RESULT: Record<HostReport['result'], string> = {
   switched: '✅ switched',
   unchanged: '➖ already on it',
@@ -50,7 +56,7 @@ export function renderSummary(app: string, report: FleetReport): string {
       ? `${r.failure.step}${r.failure.phase ? ` after ${r.failure.phase}` : ''}: ${r.failure.code}: ${r.failure.message}`
       : (r.plan ?? (r.rolledBack ? `rolled back: ${r.rolledBack}` : ''));
     out.push(
-      `| ${cell(r.host)} | ${cell(r.before ?? '–')} → ${cell(r.after ?? '–')} | ${RESULT[r.result]} | ${bytesText(r.bytesSent)} | ${ms(phase(r, 'received'))} | ${ms(phase(r, 'verified'))} | ${ms(phase(r, 'unpacked'))} | ${ms(phase(r, 'hook-finished'))} | ${ms(phase(r, 'generation-started', 'ready'))} | ${ms(phase(r, 'draining', 'drained'))} | ${cell(why.slice(0, 300))} |`,
+      `| ${cell(r.host)} | ${cell(r.before ?? '–')} → ${cell(r.after ?? '–')} | ${RESULT[r.result]} | ${bytesText(r.bytesSent)} | ${ms(phase(r, 'received'))} | ${ms(phase(r, 'verified'))} | ${ms(phase(r, 'unpacked'))} | ${ms(phase(r, 'hook-finished'))} | ${ms(readiness(r))} | ${ms(phase(r, 'draining', 'drained'))} | ${cell(why.slice(0, 300))} |`,
     );
   }
   const count = (result: HostReport['result']) =>

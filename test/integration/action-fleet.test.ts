@@ -198,6 +198,9 @@ describe('the action deploys a fleet of three hosts through OpenSSH', () => {
     );
     assert.match(run.stdout, /::error::.*host.*failed|::error::.*failed/);
     assert.match(run.summary, /Rolled back:/);
+    // Its readiness column shows the wait that gave up on it (the 4 s readiness timeout).
+    const failedRow = run.summary.split('\n').find((l) => l.includes('❌ failed'))!;
+    assert.match(failedRow, /\| 4\.\d s \|/, failedRow);
   });
 
   it('one host unreachable at preflight: the step fails and nothing changes on any host', async () => {
