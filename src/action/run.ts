@@ -1,5 +1,6 @@
 import { BatonError, errorMessage } from '../errors.js';
-import { runFleet, type FleetHost, type FleetReport, type FleetTask } from '../deploy/fleet.js';
+import { runFleet } from '../deploy/fleet.js';
+import type { FleetHost, FleetReport, FleetTask } from '../deploy/fleet-types.js';
 import { deployIdFor, originFromEnv } from '../deploy/origin.js';
 import { prepareArtifact, type PreparedArtifact } from '../deploy/prepare-artifact.js';
 import { sshDialer } from '../transport/dialer.js';

@@ -1,4 +1,4 @@
-import type { FleetReport, HostReport } from '../deploy/fleet.js';
+import type { FleetReport, HostReport } from '../deploy/fleet-types.js';
 import { bytesText, secondsText } from './job-log.js';
 
 /** A table cell: no pipe or newline may break the row. */

