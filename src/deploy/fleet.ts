@@ -36,7 +36,9 @@ export async function runFleet(
   opts: FleetOptions,
   reporter: FleetReporter,
 ): Promise<FleetReport> {
-  const links = new Map(hosts.map((h) => [h.label, new AgentLink(h.dialer, opts.token)]));
+  const links = new Map(
+    hosts.map((h) => [h.label, new AgentLink(h.dialer, opts.token, opts.connection?.heartbeatMs)]),
+  );
   try {
     return await deployFleet(hosts, opts, reporter, links);
   } finally {

@@ -253,7 +253,13 @@ function follow(
           return;
       }
     });
-    void client.closed().then(reject);
+    // Off again when this step ends: a kept connection carries the next step.
+    const offClose = client.onClose(reject);
+    const offMessage = unsubscribe;
+    unsubscribe = () => {
+      offMessage();
+      offClose();
+    };
     // After a drop past the upload, attach and resume; otherwise (re)send the request itself.
     send(state.accepted && !state.uploading ? 'attach' : 'request');
     // A kept connection carries the next step's messages: this one stops listening.

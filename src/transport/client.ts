@@ -191,6 +191,17 @@ export class AgentClient {
     return this.closedWith;
   }
 
+  /** Calls `fn` once when the connection closes, with why; returns the function that stops it. */
+  onClose(fn: (why: BatonError) => void): () => void {
+    if (this.closedWith) {
+      fn(this.closedWith);
+      return () => undefined;
+    }
+    const listener = () => fn(this.closedWith!);
+    this.ws.once('close', listener);
+    return () => void this.ws.off('close', listener);
+  }
+
   /** Resolves when the connection has closed, with why. */
   closed(): Promise<BatonError> {
     if (this.closedWith) return Promise.resolve(this.closedWith);

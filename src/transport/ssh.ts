@@ -255,7 +255,7 @@ function connectHop(
         port,
         username,
         // The first hop's TCP socket is ours, so that its writes go out batched (see below).
-        sock: sock ?? batchedWrites(net.connect({ host, port })),
+        sock: (sock ??= batchedWrites(net.connect({ host, port }))),
         hostVerifier,
         authHandler: logins(username, key, opts.agent),
         // ssh2 starts this before the TCP connect, so it bounds the connect as well.
@@ -269,6 +269,8 @@ function connectHop(
       });
     } catch (err) {
       started = false;
+      // Ours or the jump host's: nothing else will close it now.
+      sock?.destroy();
       fail(connectFailed(`SSH to ${name} could not start: ${errorMessage(err)}`, false));
     }
   });
