@@ -9,7 +9,13 @@ import { failures, startLoad, type LoadResult } from '../../support/load-client.
 import { startSshd, type TestSshd } from '../../support/sshd.js';
 import { tempDir } from '../../support/temp-dir.js';
 import { gatedHook } from '../support/gates.js';
-import { RUNNER_NODE, runAction, startFakeGitHub, type ActionRun } from '../support/run-action.js';
+import {
+  actionYml,
+  RUNNER_NODE,
+  runAction,
+  startFakeGitHub,
+  type ActionRun,
+} from '../support/run-action.js';
 
 /**
  * The bundled action (dist/action.mjs), run as the runner runs it, against three real agents
@@ -128,6 +134,8 @@ describe('the action deploys a fleet of three hosts through OpenSSH', () => {
       assert.equal(run.code, 0, run.stdout + run.stderr);
       assertNoDrops(load, run);
       assert.deepEqual(await releasesNow(), ['A', 'A', 'A']);
+      // The outputs the code sets are exactly those action.yml declares.
+      assert.deepEqual(Object.keys(run.outputs).sort(), Object.keys(actionYml().outputs).sort());
       assert.equal(run.outputs.release, 'A');
       assert.equal(run.outputs['previous-release'], 'r0');
       assert.equal(run.outputs['hosts-succeeded']!.split(',').length, 3);
