@@ -50588,7 +50588,8 @@ async function openSsh(opts) {
   const targets = [...(opts.jump ?? []).map(parseSshTarget), parseSshTarget(opts.target)];
   if (opts.privateKey === void 0 && opts.agent === void 0)
     throw new BatonError("USAGE", "SSH needs a private key or an ssh-agent socket to log in");
-  const key = opts.privateKey === void 0 ? void 0 : readPrivateKey(opts.privateKey, opts.passphrase);
+  const raw = opts.privateKey;
+  const key = typeof raw === "string" || Buffer.isBuffer(raw) ? readPrivateKey(raw, opts.passphrase) : raw;
   if (opts.fingerprint !== void 0) normalizeFingerprint(opts.fingerprint);
   const retries = opts.retries ?? 2;
   for (let attempt = 0; ; attempt++) {
@@ -72127,13 +72128,13 @@ var HelloSchema = external_exports.object({
   client: external_exports.string().max(100)
 }).strict();
 var AuthSchema = external_exports.object({ type: external_exports.literal("auth"), clientNonce: Nonce, mac: Mac }).strict();
-var DeployRequestSchema = external_exports.object({
-  type: external_exports.literal("deploy"),
+var ArtifactRequestFields = {
   deployId: DeployIdSchema,
   app: AppName,
   manifest: SignedManifestSchema,
   origin: DeployOriginSchema
-}).strict();
+};
+var DeployRequestSchema = external_exports.object({ type: external_exports.literal("deploy"), ...ArtifactRequestFields }).strict();
 var RollbackRequestSchema = external_exports.object({
   type: external_exports.literal("rollback"),
   deployId: DeployIdSchema,
@@ -72148,13 +72149,7 @@ var RollbackRequestSchema = external_exports.object({
   force: external_exports.boolean().optional(),
   origin: DeployOriginSchema
 }).strict();
-var StageRequestSchema = external_exports.object({
-  type: external_exports.literal("stage"),
-  deployId: DeployIdSchema,
-  app: AppName,
-  manifest: SignedManifestSchema,
-  origin: DeployOriginSchema
-}).strict();
+var StageRequestSchema = external_exports.object({ type: external_exports.literal("stage"), ...ArtifactRequestFields }).strict();
 var SwitchRequestSchema = external_exports.object({
   type: external_exports.literal("switch"),
   deployId: DeployIdSchema,
@@ -72476,8 +72471,7 @@ var AgentClient = class _AgentClient {
   }
   /** Resolves when the connection has closed, with why. */
   closed() {
-    if (this.closedWith) return Promise.resolve(this.closedWith);
-    return new Promise((resolve) => this.ws.once("close", () => resolve(this.closedWith)));
+    return new Promise((resolve) => this.onClose(resolve));
   }
   close() {
     clearInterval(this.heartbeat);
@@ -81319,8 +81313,9 @@ function readInputs(src) {
   const hosts = parseHosts(hostsText, optional2(src, "username"));
   if (privateKey === void 0)
     throw bad2("ssh-key", "required: the private SSH key that logs in to the hosts (a secret)");
+  let key;
   try {
-    readPrivateKey(privateKey, passphrase);
+    key = readPrivateKey(privateKey, passphrase);
   } catch (err) {
     throw bad2(passphrase === void 0 ? "ssh-key" : "ssh-key-passphrase", errorMessage(err));
   }
@@ -81383,12 +81378,7 @@ function readInputs(src) {
     throw bad2("app", `"${app2}" is not an app name (letters, digits, _ . -, at most 64)`);
   const task = readTask(src);
   const strategy = oneOf(src, "strategy", ["parallel", "rolling"]);
-  let batchSize;
-  try {
-    batchSize = parseBatchSize(src.get("batch-size"), "input batch-size");
-  } catch (err) {
-    throw new BatonError("USAGE", errorMessage(err));
-  }
+  const batchSize = parseBatchSize(src.get("batch-size"), "input batch-size");
   const maxParallel = Number(src.get("max-parallel"));
   if (!Number.isInteger(maxParallel) || maxParallel < 1 || maxParallel > 256)
     throw bad2("max-parallel", `"${src.get("max-parallel")}" is not a whole number from 1 to 256`);
@@ -81402,8 +81392,7 @@ function readInputs(src) {
   return {
     hosts,
     ssh: {
-      privateKey,
-      ...passphrase !== void 0 && { passphrase },
+      key,
       ...knownHosts !== void 0 && { knownHosts },
       ...fingerprint2 !== void 0 && { fingerprint: fingerprint2 },
       jump,
@@ -81626,8 +81615,7 @@ function fleetHosts(inputs, io2) {
       dialer: sshDialer(
         {
           target: h.target,
-          privateKey: inputs.ssh.privateKey,
-          ...inputs.ssh.passphrase !== void 0 && { passphrase: inputs.ssh.passphrase },
+          privateKey: inputs.ssh.key,
           ...inputs.ssh.knownHosts !== void 0 && { knownHosts: inputs.ssh.knownHosts },
           ...fingerprint2 !== void 0 && { fingerprint: fingerprint2 },
           ...inputs.ssh.jump.length > 0 && { jump: inputs.ssh.jump },

@@ -23,8 +23,7 @@ function fleetHosts(inputs: ActionInputs, io: ActionIO): FleetHost[] {
       dialer: sshDialer(
         {
           target: h.target,
-          privateKey: inputs.ssh.privateKey,
-          ...(inputs.ssh.passphrase !== undefined && { passphrase: inputs.ssh.passphrase }),
+          privateKey: inputs.ssh.key,
           ...(inputs.ssh.knownHosts !== undefined && { knownHosts: inputs.ssh.knownHosts }),
           ...(fingerprint !== undefined && { fingerprint }),
           ...(inputs.ssh.jump.length > 0 && { jump: inputs.ssh.jump }),

@@ -19,8 +19,11 @@ export interface SshOptions {
   target: string;
   /** ProxyJump chain, first hop first, each `user@host[:port]`; every hop's key is checked. */
   jump?: readonly string[];
-  /** An OpenSSH, PEM or PPK private key (the contents, not a path). */
-  privateKey?: string | Buffer;
+  /**
+   * An OpenSSH, PEM or PPK private key (the contents, not a path), or one `readPrivateKey` read
+   * already: a fleet decrypts its key once, not once a host.
+   */
+  privateKey?: string | Buffer | ParsedKey;
   /** The private key's passphrase, when it is encrypted. */
   passphrase?: string;
   /** An ssh-agent socket path (SSH_AUTH_SOCK) to authenticate with. */
@@ -78,8 +81,9 @@ export async function openSsh(opts: SshOptions): Promise<SshConnection> {
   if (opts.privateKey === undefined && opts.agent === undefined)
     throw new BatonError('USAGE', 'SSH needs a private key or an ssh-agent socket to log in');
   // Parsed once: decrypting a key runs bcrypt, a good half second, which every hop would redo.
+  const raw = opts.privateKey;
   const key =
-    opts.privateKey === undefined ? undefined : readPrivateKey(opts.privateKey, opts.passphrase);
+    typeof raw === 'string' || Buffer.isBuffer(raw) ? readPrivateKey(raw, opts.passphrase) : raw;
   if (opts.fingerprint !== undefined) hostKeys.normalizeFingerprint(opts.fingerprint);
   const retries = opts.retries ?? 2;
   for (let attempt = 0; ; attempt++) {
