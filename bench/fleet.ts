@@ -4,12 +4,16 @@
 // its peak RSS; exits non-zero when a bar that is the controller's own is missed.
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
+import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { batonSync } from '../support/baton-cli.js';
-import { startChannelAgent, type ChannelAgent } from '../support/channel-agent.js';
-import { FIXTURES, ROOT, RUNNER_NODE } from '../support/paths.js';
+import {
+  startChannelAgent,
+  writeReleaseSource,
+  type ChannelAgent,
+} from '../support/channel-agent.js';
+import { ROOT, RUNNER_NODE } from '../support/paths.js';
 import { startSshd } from '../support/sshd.js';
 import { tempDir } from '../support/temp-dir.js';
 import { cpuSplit, machineBusySeconds, peakRssKiB } from './proc-stats.js';
@@ -127,13 +131,9 @@ async function main(): Promise<void> {
       if (r.status !== 0) throw new Error(r.stderr);
     }
     // The artifact: 5 MiB that do not compress, and the fixture app.
-    const src = path.join(work.dir, 'src');
-    await mkdir(src, { recursive: true });
-    await writeFile(path.join(src, 'blob.bin'), randomBytes(ARTIFACT_MIB * 1024 * 1024));
-    await writeFile(
-      path.join(src, 'baton.yml'),
-      `command: [node, ${JSON.stringify(path.join(FIXTURES, 'by-release-mode.mjs'))}]\n`,
-    );
+    const src = await writeReleaseSource(work.dir, 'src', {
+      files: { 'blob.bin': randomBytes(ARTIFACT_MIB * 1024 * 1024) },
+    });
     const out = path.join(work.dir, 'packed');
     const p = batonSync([
       'pack',

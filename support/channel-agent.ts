@@ -106,23 +106,33 @@ export async function startChannelAgent(
       const status = (await control(agent.socket, { method: 'status' })).result as AgentStatus;
       return status.apps[0]!.generation!;
     },
-    async source(id, opts = {}) {
-      const src = path.join(tmp.dir, 'src', id);
-      await mkdir(src, { recursive: true });
-      const hooks = opts.hook ? `hooks:\n  beforeRestart: ${JSON.stringify(opts.hook)}\n` : '';
-      await writeFile(
-        path.join(src, 'baton.yml'),
-        `command: [node, ${JSON.stringify(path.join(FIXTURES, 'by-release-mode.mjs'))}]\n${hooks}`,
-      );
-      await writeFile(path.join(src, 'mode'), `${opts.mode ?? 'serve'}\n`);
-      await writeFile(path.join(src, 'VERSION'), `${id}\n`);
-      for (const [name, data] of Object.entries(opts.files ?? {}))
-        await writeFile(path.join(src, name), data);
-      return src;
-    },
+    source: (id, opts = {}) => writeReleaseSource(path.join(tmp.dir, 'src'), id, opts),
     async cleanup() {
       await agent.stop();
       await tmp.cleanup();
     },
   };
+}
+
+/**
+ * The source tree of a release, `<root>/<id>`, that behaves as `mode` says (the by-release-mode
+ * fixture), with a beforeRestart `hook` and extra `files` when given.
+ */
+export async function writeReleaseSource(
+  root: string,
+  id: string,
+  opts: { mode?: string; files?: Record<string, string | Buffer>; hook?: string } = {},
+): Promise<string> {
+  const src = path.join(root, id);
+  await mkdir(src, { recursive: true });
+  const hooks = opts.hook ? `hooks:\n  beforeRestart: ${JSON.stringify(opts.hook)}\n` : '';
+  await writeFile(
+    path.join(src, 'baton.yml'),
+    `command: [node, ${JSON.stringify(path.join(FIXTURES, 'by-release-mode.mjs'))}]\n${hooks}`,
+  );
+  await writeFile(path.join(src, 'mode'), `${opts.mode ?? 'serve'}\n`);
+  await writeFile(path.join(src, 'VERSION'), `${id}\n`);
+  for (const [name, data] of Object.entries(opts.files ?? {}))
+    await writeFile(path.join(src, name), data);
+  return src;
 }

@@ -72,14 +72,16 @@ export const AuthSchema = z
   .object({ type: z.literal('auth'), clientNonce: Nonce, mac: Mac })
   .strict();
 
+/** What a request that brings an artifact carries: `deploy` and `stage` alike. */
+const ArtifactRequestFields = {
+  deployId: DeployIdSchema,
+  app: AppName,
+  manifest: SignedManifestSchema,
+  origin: DeployOriginSchema,
+};
+
 export const DeployRequestSchema = z
-  .object({
-    type: z.literal('deploy'),
-    deployId: DeployIdSchema,
-    app: AppName,
-    manifest: SignedManifestSchema,
-    origin: DeployOriginSchema,
-  })
+  .object({ type: z.literal('deploy'), ...ArtifactRequestFields })
   .strict();
 export type DeployRequest = z.infer<typeof DeployRequestSchema>;
 
@@ -107,13 +109,7 @@ export type RollbackRequest = z.infer<typeof RollbackRequestSchema>;
  * runs is not touched, no release is marked failed, nothing is pruned.
  */
 export const StageRequestSchema = z
-  .object({
-    type: z.literal('stage'),
-    deployId: DeployIdSchema,
-    app: AppName,
-    manifest: SignedManifestSchema,
-    origin: DeployOriginSchema,
-  })
+  .object({ type: z.literal('stage'), ...ArtifactRequestFields })
   .strict();
 export type StageRequest = z.infer<typeof StageRequestSchema>;
 

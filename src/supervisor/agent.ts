@@ -239,13 +239,14 @@ export class Agent {
     // No busy check here: the supervisor decides when the release is ready, and it lets a
     // deploy go before a crash-restart loop (the fix for what keeps failing). A deploy truly
     // under way gets DEPLOY_BUSY from it; the stored release then waits for the retry.
-    const sup = this.supervisor(app);
-    const store = this.stores.get(app)!;
-    const releaseId = signed.manifest.releaseId;
-    const release = await store.addFrom(signed, source, (phase, durationMs, detail) =>
-      report(this.reporter, { type: 'phase', app, phase, releaseId, durationMs, detail }),
+    const release = await this.receive(app, signed, source);
+    const result = await this.deployStored(
+      this.supervisor(app),
+      this.stores.get(app)!,
+      release.id,
+      release.dir,
+      true,
     );
-    const result = await this.deployStored(sup, store, release.id, release.dir, true);
     return { ...result, uploadedBytes: release.uploadedBytes };
   }
 
@@ -260,13 +261,19 @@ export class Agent {
     signed: SignedManifest,
     source: (bytes: number) => Readable,
   ): Promise<{ releaseId: string; uploadedBytes: number }> {
-    this.supervisor(app);
-    const store = this.stores.get(app)!;
-    const releaseId = signed.manifest.releaseId;
-    const release = await store.addFrom(signed, source, (phase, durationMs, detail) =>
-      report(this.reporter, { type: 'phase', app, phase, releaseId, durationMs, detail }),
-    );
+    const release = await this.receive(app, signed, source);
     return { releaseId: release.id, uploadedBytes: release.uploadedBytes };
+  }
+
+  /** An artifact a client sends, into the app's store, each store stage reported as a phase. */
+  private receive(app: string, signed: SignedManifest, source: (bytes: number) => Readable) {
+    this.supervisor(app);
+    const releaseId = signed.manifest.releaseId;
+    return this.stores
+      .get(app)!
+      .addFrom(signed, source, (phase, durationMs, detail) =>
+        report(this.reporter, { type: 'phase', app, phase, releaseId, durationMs, detail }),
+      );
   }
 
   /**

@@ -204,8 +204,7 @@ export class AgentClient {
 
   /** Resolves when the connection has closed, with why. */
   closed(): Promise<BatonError> {
-    if (this.closedWith) return Promise.resolve(this.closedWith);
-    return new Promise((resolve) => this.ws.once('close', () => resolve(this.closedWith!)));
+    return new Promise((resolve) => this.onClose(resolve));
   }
 
   close(): void {
